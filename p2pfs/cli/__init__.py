@@ -1,0 +1,1 @@
+"""Command line: argument parsing, the tracker and peer shells, rendering with rich."""

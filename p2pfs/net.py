@@ -1,0 +1,109 @@
+"""The I/O edge: framed messages over asyncio streams. Reads and writes bytes; `protocol` does the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+from p2pfs.address import Address
+from p2pfs.errors import P2PFSError
+from p2pfs.protocol import framing
+from p2pfs.protocol.messages import AnyMessage, Message
+
+#: How long to wait for a TCP connection to a tracker or holder before calling it unreachable.
+CONNECT_TIMEOUT = 5.0
+
+#: Stream buffer limit; frames are read with readexactly, which this does not bound.
+_STREAM_LIMIT = 1 << 20
+
+
+class ConnectionClosed(P2PFSError):
+    """The other side closed the connection (or it broke)."""
+
+
+def install_event_loop_policy() -> None:
+    """Use uvloop when it is installed; asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class Connection:
+    """One TCP connection that carries framed JSON messages."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peername = writer.get_extra_info("peername")
+        self.remote = Address(str(peername[0]), int(peername[1])) if peername else Address("?", 0)
+
+    async def recv_body(self) -> bytes:
+        """The next frame body. ConnectionClosed at EOF; FrameTooLarge before reading an oversized body."""
+        try:
+            header = await self.reader.readexactly(framing.HEADER_SIZE)
+            length = framing.body_length(header)
+            return await self.reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            raise ConnectionClosed(f"connection closed by {self.remote}") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
+
+    async def recv(self) -> AnyMessage:
+        """The next message, validated; ProtocolError if it does not follow the protocol."""
+        return framing.decode(await self.recv_body())
+
+    def send(self, message: Message) -> None:
+        """Queue a message (no wait); call `drain` to apply back-pressure."""
+        self.writer.write(framing.encode(message))
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
+
+    async def request(self, message: Message) -> AnyMessage:
+        """Send one message and wait for the next one (for strictly alternating exchanges)."""
+        self.send(message)
+        await self.drain()
+        return await self.recv()
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+
+async def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> Connection:
+    """Open a connection; ConnectionError/OSError/TimeoutError propagate for the caller to name."""
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(address.host, address.port, limit=_STREAM_LIMIT), timeout
+    )
+    return Connection(reader, writer)
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A short human reason for a failed connect ("connection refused", "timed out", ...)."""
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

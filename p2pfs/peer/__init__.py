@@ -1,0 +1,1 @@
+"""The peer: picker (pure), window (pure), storage, chunk server, tracker client, transfer engine, node."""

@@ -1,0 +1,103 @@
+"""The peer's server: answers PEER_REQUEST_CHUNK from the files it holds and echoes PEER_PING_PONG.
+
+Chunks are looked up by published name in the peer's library, never by a path taken from a request.
+Requests on one connection are answered in order, so a downloader can pipeline several.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+
+from p2pfs.address import Address
+from p2pfs.errors import FrameTooLarge, ProtocolError
+from p2pfs.net import Connection, ConnectionClosed
+from p2pfs.peer.storage import ChunkFile, StorageError
+from p2pfs.protocol import framing
+from p2pfs.protocol import messages as m
+
+log = logging.getLogger("p2pfs.peer")
+
+
+class ChunkServer:
+    def __init__(self, library: Mapping[str, ChunkFile]) -> None:
+        self.library = library
+        self.address: Address | None = None
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        #: chunks served, by (file name, downloader's remote host)
+        self.served: Counter[tuple[str, str]] = Counter()
+
+    async def start(self, host: str, port: int) -> Address:
+        self._server = await asyncio.start_server(self._on_connect, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        self.address = Address(host or str(sockname[0]), int(sockname[1]))
+        return self.address
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        conn = Connection(reader, writer)
+        try:
+            await self._serve(conn)
+        except (asyncio.CancelledError, ConnectionClosed):
+            pass
+        except Exception:  # a bug in serving one downloader must not stop the others
+            log.exception("error while serving %s", conn.remote)
+        finally:
+            conn.close()
+            self._handlers.discard(task)
+
+    async def _serve(self, conn: Connection) -> None:
+        while True:
+            try:
+                body = await conn.recv_body()
+            except FrameTooLarge as exc:
+                log.warning("%s: %s; closing", conn.remote, exc)
+                conn.send(m.Error(message=str(exc)))
+                await conn.drain()
+                return
+            try:
+                message = framing.decode(body)
+            except ProtocolError as exc:
+                log.warning("%s: %s", conn.remote, exc)
+                conn.send(m.Error(message=str(exc), request=framing.peek_type(body)))
+            else:
+                if isinstance(message, m.PeerPingPong):
+                    conn.send_raw(framing.frame(body))  # sent back exactly as received
+                elif isinstance(message, m.PeerRequestChunk):
+                    conn.send(self._chunk_reply(message, conn.remote))
+                else:
+                    kind = type(message).__struct_config__.tag
+                    conn.send(m.Error(message=f"unexpected message type {kind} for a peer", request=str(kind)))
+            await conn.drain()
+
+    def _chunk_reply(self, request: m.PeerRequestChunk, remote: Address) -> m.Message:
+        shared = self.library.get(request.filename)
+        chunk = request.chunknum
+        if shared is None:
+            return m.Error(message=f"file not shared here: {request.filename}", request="PEER_REQUEST_CHUNK")
+        if chunk not in shared.have:
+            return m.Error(
+                message=f"chunk {chunk} of {request.filename} not held here", request="PEER_REQUEST_CHUNK"
+            )
+        try:
+            data = shared.read_chunk(chunk)
+        except (OSError, StorageError) as exc:
+            log.error("cannot read chunk %d of %s: %s", chunk, shared.path, exc)
+            return m.Error(message=f"cannot read chunk {chunk} of {request.filename}", request="PEER_REQUEST_CHUNK")
+        self.served[(request.filename, remote.host)] += 1
+        return m.PeerReplyChunk(
+            filename=request.filename, chunknum=chunk, data=data, digest=shared.digests[chunk]
+        )

@@ -1,0 +1,75 @@
+"""The peer object a user (shell or one-shot command) holds: its chunk server, its tracker connection,
+the library of files it serves, and the downloads it runs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from p2pfs.address import Address
+from p2pfs.errors import TrackerUnavailable
+from p2pfs.peer import storage
+from p2pfs.peer.chunk_server import ChunkServer
+from p2pfs.peer.storage import ChunkFile, StorageError
+from p2pfs.peer.tracker_client import TrackerClient
+from p2pfs.peer.transfer import Download, DownloadResult, Progress
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+
+
+class Peer:
+    def __init__(self, host: str = "0.0.0.0", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.library: dict[str, ChunkFile] = {}
+        self.server = ChunkServer(self.library)
+        self.tracker = TrackerClient()
+        self.address: Address | None = None
+
+    async def start(self) -> Address:
+        """Start serving chunks; returns the address actually bound."""
+        self.address = await self.server.start(self.host, self.port)
+        return self.address
+
+    async def stop(self) -> None:
+        await self.tracker.close()
+        await self.server.stop()
+        for shared in self.library.values():
+            shared.close()
+        self.library.clear()
+
+    @property
+    def self_address(self) -> Address | None:
+        """How other peers reach us: as the tracker recorded us, else as we bound."""
+        return self.tracker.registered_as or self.address
+
+    async def connect(self, tracker: Address) -> None:
+        assert self.address is not None, "start() first"
+        await self.tracker.connect(tracker, self.address)
+
+    async def publish(self, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkFile:
+        """Hash the file's chunks, list it with the tracker, and serve it."""
+        if not self.tracker.connected:
+            raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
+        name = storage.check_name(path.name)
+        if name in self.library:
+            raise StorageError(f"{name!r} is already shared by this peer")
+        shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)
+        self.library[name] = shared
+        try:
+            await self.tracker.publish(name, shared.filesize, shared.chunk_count, shared.chunk_size)
+        except BaseException:
+            self.library.pop(name, None)
+            shared.close()
+            raise
+        return shared
+
+    async def file_list(self) -> dict[str, tuple[int, int]]:
+        return await self.tracker.file_list()
+
+    async def download(
+        self, name: str, dest: Path, on_progress: Callable[[Progress], None] | None = None
+    ) -> DownloadResult:
+        return await Download(
+            self.tracker, self.library, name, dest, self_address=self.self_address, on_progress=on_progress
+        ).run()

@@ -1,0 +1,161 @@
+"""Chunks on disk: files this peer serves (published or being downloaded) and the `.part` file a download
+writes into. Chunks are read with `os.pread` and written with `os.pwrite` at `chunk_number * chunk_size`;
+no file is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pfs.errors import P2PFSError
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FILENAME_BYTES, MIN_CHUNK_SIZE
+
+PART_SUFFIX = ".part"
+
+
+class StorageError(P2PFSError):
+    """A local file cannot be read, written or published."""
+
+
+def chunk_count_for(filesize: int, chunk_size: int) -> int:
+    return -(-filesize // chunk_size)
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        raise StorageError(f"chunk size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes")
+    return chunk_size
+
+
+def check_name(name: str) -> str:
+    """A published name is a plain file name (what the protocol's `Filename` accepts)."""
+    if (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\\x00")
+        or len(name.encode("utf-8", "surrogateescape")) > MAX_FILENAME_BYTES
+    ):
+        raise StorageError(f"invalid file name {name!r}: a published name is a plain file name")
+    return name
+
+
+@dataclass
+class ChunkFile:
+    """One file this peer can serve chunks of, by published name. `fd` stays open for reads (and writes
+    while downloading), so a rename of the underlying file does not disturb serving."""
+
+    name: str
+    path: Path
+    filesize: int
+    chunk_size: int
+    fd: int
+    #: chunk numbers held (all of them for a published or finished file)
+    have: set[int] = field(default_factory=set)
+    #: SHA-256 hex of each held chunk, computed once (at publish, or when the chunk was verified)
+    digests: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def chunk_count(self) -> int:
+        return chunk_count_for(self.filesize, self.chunk_size)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.have) == self.chunk_count
+
+    def chunk_length(self, chunk: int) -> int:
+        start = chunk * self.chunk_size
+        return max(0, min(self.chunk_size, self.filesize - start))
+
+    def read_chunk(self, chunk: int) -> bytes:
+        length = self.chunk_length(chunk)
+        data = os.pread(self.fd, length, chunk * self.chunk_size)
+        if len(data) != length:
+            raise StorageError(f"{self.path}: short read of chunk {chunk} (file changed on disk?)")
+        return data
+
+    def write_chunk(self, chunk: int, data: bytes | memoryview, digest: str) -> None:
+        view = memoryview(data)
+        offset = chunk * self.chunk_size
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view = view[written:]
+            offset += written
+        self.have.add(chunk)
+        self.digests[chunk] = digest
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_for_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str | None = None) -> ChunkFile:
+    """Open a local file to publish and hash every chunk once (blocking: run it in a thread)."""
+    check_chunk_size(chunk_size)
+    name = check_name(name if name is not None else path.name)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise StorageError(f"file not found: {path}") from None
+    except IsADirectoryError:
+        raise StorageError(f"not a file: {path}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageError(f"not a regular file: {path}")
+        if chunk_count_for(st.st_size, chunk_size) > MAX_CHUNKS:
+            raise StorageError(f"{path} is too large for chunks of {chunk_size} bytes (more than {MAX_CHUNKS})")
+        shared = ChunkFile(name, path, st.st_size, chunk_size, fd)
+        buf = bytearray(chunk_size)
+        view = memoryview(buf)
+        for chunk in range(shared.chunk_count):
+            length = shared.chunk_length(chunk)
+            got = os.preadv(fd, [view[:length]], chunk * chunk_size)
+            if got != length:
+                raise StorageError(f"{path}: file changed while being published")
+            shared.digests[chunk] = hashlib.sha256(view[:length]).hexdigest()
+            shared.have.add(chunk)
+        return shared
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def part_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + PART_SUFFIX)
+
+
+def create_part(dest: Path, name: str, filesize: int, chunk_size: int) -> ChunkFile:
+    """Create `DEST.part`, sized to the whole file, to receive chunks in any order."""
+    part = part_path(dest)
+    try:
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot create {part}: {exc.strerror}") from None
+    try:
+        os.ftruncate(fd, filesize)
+    except OSError as exc:
+        os.close(fd)
+        raise StorageError(f"cannot size {part} to {filesize} bytes: {exc.strerror}") from None
+    return ChunkFile(name, part, filesize, chunk_size, fd)
+
+
+def finish_part(shared: ChunkFile, dest: Path) -> None:
+    """Every chunk is verified: move `DEST.part` to `DEST` (atomic on one file system)."""
+    os.fsync(shared.fd)
+    os.replace(shared.path, dest)
+    shared.path = dest
+
+
+def discard_part(shared: ChunkFile) -> None:
+    shared.close()
+    try:
+        os.unlink(shared.path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,339 @@
+"""The transfer engine: downloads one file from its holders.
+
+It asks the tracker where the chunks are, pings every holder for its RTT, then keeps each reachable
+holder busy with a window of pipelined PEER_REQUEST_CHUNKs (sized by `window`), choosing chunks with the
+`picker`. Every chunk is checked against its SHA-256 before it is written to `DEST.part` and registered
+with the tracker; `DEST.part` becomes `DEST` only when every chunk is verified. A holder that dies or
+times out gives its chunks back to the pool; locations are refreshed from the tracker while downloading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pfs.address import Address
+from p2pfs.errors import (
+    FileNotPublished,
+    NoSourceForChunk,
+    P2PFSError,
+    PeerUnavailable,
+    ProtocolError,
+    TrackerUnavailable,
+)
+from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
+from p2pfs.peer import storage
+from p2pfs.peer.picker import Picker
+from p2pfs.peer.storage import ChunkFile
+from p2pfs.peer.tracker_client import TrackerClient
+from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
+from p2pfs.protocol import messages as m
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+
+log = logging.getLogger("p2pfs.peer")
+
+#: Seconds to wait for a holder's PEER_PING_PONG (connect included) before skipping it.
+PING_TIMEOUT = 3.0
+#: Seconds without any reply while requests are outstanding before a holder is considered dead.
+CHUNK_TIMEOUT = 30.0
+#: Seconds between location refreshes, so holders that appear during a long download are used.
+REFRESH_INTERVAL = 2.0
+#: A holder that failed is not tried again for this long (the tracker may still list it briefly).
+RETRY_DEAD_AFTER = 10.0
+
+
+@dataclass
+class Progress:
+    name: str
+    filesize: int
+    chunk_count: int
+    chunks_done: int
+    bytes_done: int
+    holders: int
+    sources: Counter[Address]
+
+
+@dataclass
+class DownloadResult:
+    name: str
+    dest: Path
+    filesize: int
+    chunk_count: int
+    seconds: float
+    #: chunks received from each holder (first copies only)
+    sources: Counter[Address] = field(default_factory=Counter)
+
+    @property
+    def mib_per_s(self) -> float:
+        return self.filesize / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Holder:
+    address: Address
+    conn: Connection
+    rtt: float
+    meter: ThroughputMeter = field(default_factory=ThroughputMeter)
+    window: int = 1
+    task: asyncio.Task[None] | None = None
+
+
+class Download:
+    """One download of a published file to `dest`. `run()` returns a DownloadResult or raises P2PFSError."""
+
+    def __init__(
+        self,
+        tracker: TrackerClient,
+        library: dict[str, ChunkFile],
+        name: str,
+        dest: Path,
+        self_address: Address | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ) -> None:
+        self.tracker = tracker
+        self.library = library
+        self.name = name
+        self.dest = dest
+        self.self_address = self_address
+        self.on_progress = on_progress
+        self.refresh_interval = refresh_interval
+        self.sources: Counter[Address] = Counter()
+        self._holders: dict[Address, _Holder] = {}
+        self._connecting: dict[Address, asyncio.Task[None]] = {}
+        self._dead: dict[Address, float] = {}
+        self._changed = asyncio.Event()
+        self._picker: Picker[Address] = Picker(0)
+        self._file: ChunkFile | None = None
+        self._bytes_done = 0
+
+    async def run(self) -> DownloadResult:
+        started = time.monotonic()
+        storage.check_name(self.name)
+        if self.name in self.library:
+            raise P2PFSError(f"{self.name!r} is already shared or being downloaded by this peer")
+        try:
+            location = await self.tracker.locations(self.name)
+        except TrackerUnavailable as exc:
+            raise TrackerUnavailable(f"cannot download {self.name!r}: {exc}") from None
+        filesize, chunk_count = location.fileinfo or await self._fileinfo_from_list()
+        chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
+        if storage.chunk_count_for(filesize, chunk_size) != chunk_count:
+            raise ProtocolError(f"tracker gave inconsistent fileinfo for {self.name!r}")
+        dest = self.dest / self.name if self.dest.is_dir() else self.dest
+        self._file = shared = storage.create_part(dest, self.name, filesize, chunk_size)
+        self.library[self.name] = shared  # serve chunks while still downloading
+        self._picker = Picker(chunk_count)
+        ok = False
+        try:
+            if chunk_count:
+                await self._add_holders(location.chunkinfo)
+                await self._download_all()
+            storage.finish_part(shared, dest)
+            ok = True
+        finally:
+            await self._close_holders()
+            if not ok:
+                self.library.pop(self.name, None)
+                storage.discard_part(shared)
+        return DownloadResult(self.name, dest, filesize, chunk_count, time.monotonic() - started, self.sources)
+
+    async def _fileinfo_from_list(self) -> tuple[int, int]:
+        info = (await self.tracker.file_list()).get(self.name)
+        if info is None:
+            raise FileNotPublished(f"{self.name!r} is not listed by the tracker")
+        return info
+
+    # -- coordination --------------------------------------------------------------------------
+    async def _download_all(self) -> None:
+        picker = self._picker
+        last_refresh = time.monotonic()
+        while not picker.complete:
+            if not picker.can_progress() and not self._connecting:
+                # Nothing can move with what we know: ask the tracker once more before giving up.
+                if not await self._refresh() and not self._connecting and not picker.can_progress():
+                    raise NoSourceForChunk(self.name, picker.missing())
+                last_refresh = time.monotonic()
+                continue
+            timeout = max(0.0, last_refresh + self.refresh_interval - time.monotonic())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            if not picker.complete and time.monotonic() - last_refresh >= self.refresh_interval:
+                await self._refresh()
+                last_refresh = time.monotonic()
+
+    async def _refresh(self) -> bool:
+        """Ask the tracker for fresh locations; True if it told us anything new."""
+        try:
+            location = await self.tracker.locations(self.name)
+        except (TrackerUnavailable, FileNotPublished) as exc:
+            log.debug("location refresh for %s failed: %s", self.name, exc)
+            return False
+        return await self._add_holders(location.chunkinfo)
+
+    async def _add_holders(self, chunkinfo: dict[str, list[int]]) -> bool:
+        """Record availability; ping and start workers for new holders. True if anything was new."""
+        news = False
+        now = time.monotonic()
+        new: dict[Address, list[int]] = {}
+        for text, chunks in chunkinfo.items():
+            try:
+                address = Address.parse(text)
+            except ValueError:
+                log.warning("tracker listed a bad holder address %r", text)
+                continue
+            if address == self.self_address or not chunks:
+                continue
+            if address in self._holders:
+                if self._picker.add_holder(address, chunks):
+                    news = True
+            elif address not in self._connecting and now - self._dead.get(address, -1e9) > RETRY_DEAD_AFTER:
+                new[address] = chunks
+        if new:
+            news = True
+            tasks = {a: asyncio.create_task(self._connect_holder(a, c)) for a, c in new.items()}
+            self._connecting.update(tasks)
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        if news:
+            self._notify()
+        return news
+
+    async def _connect_holder(self, address: Address, chunks: list[int]) -> None:
+        try:
+            conn = await connect(address, PING_TIMEOUT)
+            try:
+                sent = time.monotonic()
+                reply = await asyncio.wait_for(conn.request(m.PeerPingPong()), PING_TIMEOUT)
+                rtt = time.monotonic() - sent
+                if not isinstance(reply, m.PeerPingPong):
+                    raise ProtocolError("holder did not answer PEER_PING_PONG")
+            except BaseException:
+                conn.close()
+                raise
+        except (OSError, asyncio.TimeoutError, P2PFSError) as exc:
+            log.info("holder %s unreachable: %s", address, describe_os_error(exc))
+            self._dead[address] = time.monotonic()
+            return
+        finally:
+            self._connecting.pop(address, None)
+        holder = _Holder(address, conn, rtt)
+        self._holders[address] = holder
+        self._picker.add_holder(address, chunks)
+        fastest = min(h.rtt for h in self._holders.values())
+        for h in self._holders.values():
+            if h.meter.rate is None:
+                h.window = initial_window(h.rtt, fastest)
+        holder.task = asyncio.create_task(self._fetch_from(holder))
+        self._notify()
+
+    async def _close_holders(self) -> None:
+        tasks = [h.task for h in self._holders.values() if h.task is not None]
+        tasks += list(self._connecting.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for holder in self._holders.values():
+            holder.conn.close()
+        self._holders.clear()
+
+    # -- one holder ----------------------------------------------------------------------------
+    async def _fetch_from(self, holder: _Holder) -> None:
+        picker = self._picker
+        outstanding: list[int] = []  # in request order; replies come in the same order
+        try:
+            while not picker.complete:
+                while len(outstanding) < holder.window:
+                    chunk = picker.pick(holder.address)
+                    if chunk is None:
+                        break
+                    if not outstanding:
+                        holder.meter.start(time.monotonic())
+                    holder.conn.send(m.PeerRequestChunk(filename=self.name, chunknum=chunk))
+                    outstanding.append(chunk)
+                if not outstanding:
+                    holder.meter.idle()
+                    await self._changed.wait()
+                    continue
+                await holder.conn.drain()
+                reply = await asyncio.wait_for(holder.conn.recv(), CHUNK_TIMEOUT)
+                chunk = outstanding.pop(0)
+                self._receive(holder, chunk, reply)
+        except (ConnectionClosed, PeerUnavailable, ProtocolError, OSError, asyncio.TimeoutError) as exc:
+            reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            log.info("holder %s dropped: %s", holder.address, reason)
+            self._drop(holder)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            if picker.complete or self._holders.get(holder.address) is not holder:
+                holder.conn.close()
+
+    def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage) -> None:
+        picker = self._picker
+        shared = self._file
+        assert shared is not None
+        if isinstance(reply, m.Error):
+            log.info("holder %s cannot give chunk %d: %s", holder.address, chunk, reply.message)
+            picker.failed(chunk, holder.address)
+            self._notify()
+            return
+        if not isinstance(reply, m.PeerReplyChunk) or reply.chunknum != chunk or reply.filename != self.name:
+            raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with {_describe(reply)}")
+        data = reply.data
+        digest = hashlib.sha256(data).hexdigest()
+        holder.meter.delivered(len(data), time.monotonic())
+        if holder.meter.rate is not None:
+            holder.window = request_window(holder.meter.rate, shared.chunk_size)
+        if len(data) != shared.chunk_length(chunk) or digest != reply.digest.lower():
+            log.warning("holder %s sent a corrupt chunk %d of %s; asking another", holder.address, chunk, self.name)
+            picker.failed(chunk, holder.address)
+            self._notify()
+            return
+        if not picker.completed(chunk):
+            return  # an end-game duplicate; the first copy already arrived
+        shared.write_chunk(chunk, data, digest)
+        self._bytes_done += len(data)
+        self.sources[holder.address] += 1
+        self.tracker.register_chunk(self.name, chunk)
+        self._notify()
+        self._report()
+
+    def _drop(self, holder: _Holder) -> None:
+        if self._holders.get(holder.address) is holder:
+            del self._holders[holder.address]
+        self._dead[holder.address] = time.monotonic()
+        holder.conn.close()
+        self._picker.remove_holder(holder.address)
+        self._notify()
+
+    def _notify(self) -> None:
+        # Wake everyone waiting now; later waiters take the fresh event (no lost or stale wake-ups, since
+        # nobody awaits between checking their condition and waiting).
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _report(self) -> None:
+        if self.on_progress is None or self._file is None:
+            return
+        self.on_progress(
+            Progress(
+                self.name,
+                self._file.filesize,
+                self._file.chunk_count,
+                len(self._picker.have),
+                self._bytes_done,
+                len(self._holders),
+                self.sources,
+            )
+        )
+
+
+def _describe(reply: m.AnyMessage) -> str:
+    return str(type(reply).__struct_config__.tag)

@@ -1,0 +1,24 @@
+"""Every limit of the wire protocol, named, with the reason for its number."""
+
+#: Largest frame body a reader accepts. A 1 MiB chunk in base64 JSON is ~1.34 MiB; 16 MiB leaves room for
+#: the largest chunk size (8 MiB -> 10.7 MiB of base64) and for big REPLY_FILE_LOCATION lists. BitTorrent
+#: clients commonly cap a message at 16 MiB too (libtorrent: max piece 16 MiB + header).
+MAX_FRAME_SIZE = 16 * 1024 * 1024
+
+#: Default chunk size, as in the seed's "ten 1 MB chunks" example.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+
+#: Smallest chunk size a publisher may choose; smaller chunks make the per-chunk overhead dominate.
+MIN_CHUNK_SIZE = 1024
+
+#: Largest chunk size: its base64 form must fit in one frame (8 MiB * 4/3 + header < MAX_FRAME_SIZE).
+MAX_CHUNK_SIZE = 8 * 1024 * 1024
+
+#: Most chunks a file may have (1 TiB at 1 MiB chunks). Bounds the tracker's bookkeeping per file.
+MAX_CHUNKS = 1 << 20
+
+#: Longest published name in UTF-8 bytes: the usual file-system limit for one path component.
+MAX_FILENAME_BYTES = 255
+
+#: Longest host name in REQUEST_REGISTER (DNS limit).
+MAX_HOST_LENGTH = 253

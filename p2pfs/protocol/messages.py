@@ -1,0 +1,137 @@
+"""The message schemas: one msgspec struct per message type of the seed's table, plus ERROR.
+
+Every message is a JSON object whose `type` field names its kind; the field names are the seed's.
+Fields marked *extension* are optional: a peer that does not know them ignores them (msgspec drops unknown
+fields), and we accept messages that lack them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import msgspec
+
+from p2pfs.protocol.limits import MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FILENAME_BYTES, MAX_HOST_LENGTH, MIN_CHUNK_SIZE
+
+# A published name is a plain file name: no path separators, no NUL, not "." or "..".
+Filename = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_FILENAME_BYTES, pattern=r"^(?!\.\.?$)[^/\\\x00]+$"),
+]
+ChunkNumber = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CHUNKS)]
+FileSize = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS * MAX_CHUNK_SIZE)]
+ChunkCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
+ChunkSize = Annotated[int, msgspec.Meta(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Host = Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+
+#: (filesize, totalchunknum), a JSON array of two integers.
+FileInfo = tuple[FileSize, ChunkCount]
+
+
+class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
+    """Base of every message; `type` is the tag."""
+
+
+class RequestRegister(Message, tag="REQUEST_REGISTER"):
+    address: tuple[Host, Port]
+
+
+class ReplyRegister(Message, tag="REPLY_REGISTER", omit_defaults=True):
+    # extension: the address the tracker recorded (the connection's host when a wildcard was registered)
+    address: tuple[str, int] | None = None
+
+
+class RequestPublish(Message, tag="REQUEST_PUBLISH", omit_defaults=True):
+    filename: Filename
+    fileinfo: FileInfo
+    # extension: bytes per chunk (all chunks but the last); absent means the default, 1 MiB
+    chunksize: ChunkSize | None = None
+
+
+class ReplyPublish(Message, tag="REPLY_PUBLISH"):
+    result: bool
+    message: str = ""
+
+
+class RequestFileList(Message, tag="REQUEST_FILE_LIST"):
+    pass
+
+
+class ReplyFileList(Message, tag="REPLY_FILE_LIST"):
+    filelist: dict[str, FileInfo]
+
+
+class RequestFileLocation(Message, tag="REQUEST_FILE_LOCATION"):
+    filename: Filename
+
+
+class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
+    filename: str
+    chunkinfo: dict[str, list[ChunkNumber]]
+    # extensions: the file's (filesize, totalchunknum) and chunk size, so a downloader needs no other call
+    fileinfo: FileInfo | None = None
+    chunksize: ChunkSize | None = None
+
+
+class RequestChunkRegister(Message, tag="REQUEST_CHUNK_REGISTER"):
+    filename: Filename
+    chunknum: ChunkNumber
+
+
+class PeerRequestChunk(Message, tag="PEER_REQUEST_CHUNK"):
+    filename: Filename
+    chunknum: ChunkNumber
+
+
+class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK"):
+    filename: str
+    chunknum: ChunkNumber
+    data: bytes  # base64 in JSON; msgspec encodes and decodes it
+    digest: Sha256Hex
+
+
+class PeerPingPong(Message, tag="PEER_PING_PONG"):
+    pass
+
+
+class Error(Message, tag="ERROR", omit_defaults=True):
+    """Answer to a request that could not be served (malformed, unknown file, missing chunk...)."""
+
+    message: str
+    # the `type` of the request this answers, when it could be read
+    request: str | None = None
+
+
+AnyMessage = Union[
+    RequestRegister,
+    ReplyRegister,
+    RequestPublish,
+    ReplyPublish,
+    RequestFileList,
+    ReplyFileList,
+    RequestFileLocation,
+    ReplyFileLocation,
+    RequestChunkRegister,
+    PeerRequestChunk,
+    PeerReplyChunk,
+    PeerPingPong,
+    Error,
+]
+
+#: The 12 message types of the seed's table, by wire name (ERROR is our addition).
+SEED_TYPES = (
+    "REQUEST_REGISTER",
+    "REPLY_REGISTER",
+    "REQUEST_PUBLISH",
+    "REPLY_PUBLISH",
+    "REQUEST_FILE_LIST",
+    "REPLY_FILE_LIST",
+    "REQUEST_FILE_LOCATION",
+    "REPLY_FILE_LOCATION",
+    "REQUEST_CHUNK_REGISTER",
+    "PEER_REQUEST_CHUNK",
+    "PEER_REPLY_CHUNK",
+    "PEER_PING_PONG",
+)

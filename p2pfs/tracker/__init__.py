@@ -1,0 +1,1 @@
+"""The tracker: `registry` (pure bookkeeping) and `server` (asyncio)."""

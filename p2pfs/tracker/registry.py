@@ -1,0 +1,120 @@
+"""The tracker's bookkeeping, with no sockets: which peers are connected, which files are listed, and
+which peer holds which chunk of each file.
+
+Invariant: a file is listed only while it has at least one holder and every chunk has at least one
+holder. Removing a peer (clean close or crash) removes its chunks and delists the files it leaves
+incomplete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from p2pfs.address import Address
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+
+
+@dataclass
+class FileRecord:
+    name: str
+    filesize: int
+    chunk_count: int
+    chunk_size: int | None  # None when the publisher did not say (seed-only peers): default assumed
+    holders: dict[Address, set[int]] = field(default_factory=dict)
+    #: how many holders each chunk has, kept in step with `holders` so completeness checks are O(1)
+    availability: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.availability:
+            self.availability = [0] * self.chunk_count
+
+    @property
+    def fileinfo(self) -> tuple[int, int]:
+        return (self.filesize, self.chunk_count)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk has a holder, and somebody holds the file (an empty file needs its publisher)."""
+        return bool(self.holders) and (self.chunk_count == 0 or min(self.availability) > 0)
+
+
+class PublishRefused(Exception):
+    """Why a REQUEST_PUBLISH was refused; the text goes into REPLY_PUBLISH.message."""
+
+
+class Registry:
+    """Peers, files and chunk holders. Every method is a plain, synchronous state change."""
+
+    def __init__(self) -> None:
+        self.peers: set[Address] = set()
+        self.files: dict[str, FileRecord] = {}
+        #: files each peer holds chunks of, so removing a peer touches only those files
+        self._files_of: dict[Address, set[str]] = {}
+
+    # -- peers ---------------------------------------------------------------------------------
+    def add_peer(self, address: Address) -> None:
+        self.peers.add(address)
+        self._files_of.setdefault(address, set())
+
+    def remove_peer(self, address: Address) -> list[str]:
+        """Forget a peer and its chunks; return the names of the files this delists."""
+        self.peers.discard(address)
+        delisted: list[str] = []
+        for name in sorted(self._files_of.pop(address, set())):
+            record = self.files.get(name)
+            if record is None:
+                continue
+            for chunk in record.holders.pop(address, set()):
+                record.availability[chunk] -= 1
+            if not record.complete:
+                self._delist(name)
+                delisted.append(name)
+        return delisted
+
+    # -- files ---------------------------------------------------------------------------------
+    def publish(
+        self, address: Address, name: str, filesize: int, chunk_count: int, chunk_size: int | None
+    ) -> FileRecord:
+        """List a file held whole by `address`; PublishRefused says why not."""
+        if address not in self.peers:
+            raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
+        size = chunk_size or DEFAULT_CHUNK_SIZE
+        expected = -(-filesize // size)
+        if chunk_count != expected:
+            raise PublishRefused(
+                f"fileinfo is inconsistent: {filesize} bytes in chunks of {size} make {expected} chunks, "
+                f"not {chunk_count}"
+            )
+        if name in self.files:
+            raise PublishRefused(f"a file named {name!r} is already published")
+        record = FileRecord(name, filesize, chunk_count, chunk_size)
+        self.files[name] = record
+        record.holders[address] = set(range(chunk_count))
+        record.availability = [1] * chunk_count
+        self._files_of[address].add(name)
+        return record
+
+    def register_chunk(self, address: Address, name: str, chunk: int) -> bool:
+        """Record that `address` now holds `chunk` of `name`; False if that makes no sense (ignored)."""
+        record = self.files.get(name)
+        if record is None or address not in self.peers or not 0 <= chunk < record.chunk_count:
+            return False
+        held = record.holders.setdefault(address, set())
+        if chunk not in held:
+            held.add(chunk)
+            record.availability[chunk] += 1
+            self._files_of[address].add(name)
+        return True
+
+    def file_list(self) -> dict[str, tuple[int, int]]:
+        return {name: record.fileinfo for name, record in self.files.items()}
+
+    def locations(self, name: str) -> FileRecord | None:
+        return self.files.get(name)
+
+    def _delist(self, name: str) -> None:
+        record = self.files.pop(name)
+        for holder in record.holders:
+            files = self._files_of.get(holder)
+            if files is not None:
+                files.discard(name)
