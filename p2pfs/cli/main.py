@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -117,8 +118,16 @@ async def listen(server: TrackerServer, host: str, port: int) -> Address:
         raise P2PFSError(f"cannot listen on {Address(host, port)}: {describe_os_error(exc)}") from None
 
 
+def serve_delay_from_env() -> float:
+    """P2PFS_TEST_DELAY: seconds a peer waits before each chunk reply. For tests and benchmarks only."""
+    try:
+        return max(0.0, float(os.environ.get("P2PFS_TEST_DELAY", "0") or 0))
+    except ValueError:
+        return 0.0
+
+
 async def start_peer(host: str, port: int) -> Peer:
-    peer = Peer(host, port)
+    peer = Peer(host, port, serve_delay=serve_delay_from_env())
     try:
         await peer.start()
     except OSError as exc:
@@ -259,6 +268,7 @@ async def run_get(args: argparse.Namespace) -> int:
     try:
         await peer.connect(args.tracker)
         if args.json:
+            emit_json({"event": "listening", "address": str(peer.self_address)})
             result = await peer.download(args.name, dest, JsonProgress().update)
             emit_json(result_json(result))
         else:

@@ -22,8 +22,10 @@ log = logging.getLogger("p2pfs.peer")
 
 
 class ChunkServer:
-    def __init__(self, library: Mapping[str, ChunkFile]) -> None:
+    def __init__(self, library: Mapping[str, ChunkFile], delay: float = 0.0) -> None:
         self.library = library
+        #: test-only: seconds to wait before each chunk reply (emulates a slow or distant holder)
+        self.delay = delay
         self.address: Address | None = None
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -77,6 +79,8 @@ class ChunkServer:
                 if isinstance(message, m.PeerPingPong):
                     conn.send_raw(framing.frame(body))  # sent back exactly as received
                 elif isinstance(message, m.PeerRequestChunk):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     conn.send(self._chunk_reply(message, conn.remote))
                 else:
                     kind = type(message).__struct_config__.tag

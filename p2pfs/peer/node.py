@@ -18,11 +18,11 @@ from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 
 
 class Peer:
-    def __init__(self, host: str = "0.0.0.0", port: int = 0) -> None:
+    def __init__(self, host: str = "0.0.0.0", port: int = 0, serve_delay: float = 0.0) -> None:
         self.host = host
         self.port = port
         self.library: dict[str, ChunkFile] = {}
-        self.server = ChunkServer(self.library)
+        self.server = ChunkServer(self.library, delay=serve_delay)
         self.tracker = TrackerClient()
         self.address: Address | None = None
 

@@ -179,7 +179,7 @@ class Picker(Generic[H]):
             return False
         self.have.add(chunk)
         self._requested.pop(chunk, None)
-        self._buckets[self._availability[chunk]].discard(chunk)
+        self._bucket(self._availability[chunk]).discard(chunk)
         return True
 
     def failed(self, chunk: int, holder: H) -> None:
@@ -209,7 +209,7 @@ class Picker(Generic[H]):
         self._availability[chunk] = value
         if chunk in self.have or chunk in self._requested:
             return
-        self._buckets[old].discard(chunk)
+        self._bucket(old).discard(chunk)
         self._bucket(value).add(chunk)
 
     def _bucket(self, avail: int) -> IndexedSet:

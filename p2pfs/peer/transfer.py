@@ -43,8 +43,8 @@ log = logging.getLogger("p2pfs.peer")
 PING_TIMEOUT = 3.0
 #: Seconds without any reply while requests are outstanding before a holder is considered dead.
 CHUNK_TIMEOUT = 30.0
-#: Seconds between location refreshes, so holders that appear during a long download are used.
-REFRESH_INTERVAL = 2.0
+#: Seconds between location refreshes, so holders that appear during a download are used soon.
+REFRESH_INTERVAL = 1.0
 #: A holder that failed is not tried again for this long (the tracker may still list it briefly).
 RETRY_DEAD_AFTER = 10.0
 
@@ -271,6 +271,9 @@ class Download:
             self._drop(holder)
         except asyncio.CancelledError:
             raise
+        except Exception:  # a bug here must not leave chunks stuck "in flight" to a dead worker
+            log.exception("holder %s dropped after an internal error", holder.address)
+            self._drop(holder)
         finally:
             if picker.complete or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
