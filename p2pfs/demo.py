@@ -61,8 +61,7 @@ async def spawn(label: str, *args: str) -> Child:
 
 def make_file(path: Path, size: int) -> None:
     with open(path, "wb") as f:
-        for _ in range(size // (1 << 20)):
-            f.write(os.urandom(1 << 20))
+        f.writelines(os.urandom(1 << 20) for _ in range(size // (1 << 20)))
 
 
 def sha256_of(path: Path) -> str:
@@ -134,7 +133,8 @@ async def demo(workdir: Path) -> int:
         served = dict.fromkeys(sources, 0)
         for label in DOWNLOADERS:
             event = results[label]
-            got = {names.get(addr, addr): n for addr, n in event["sources"].items()}  # type: ignore[union-attr]
+            event_sources: dict[str, int] = event["sources"]  # type: ignore[assignment]
+            got = {names.get(addr, addr): n for addr, n in event_sources.items()}
             for s, n in got.items():
                 served[s] = served.get(s, 0) + n
             summary.add_row(
@@ -165,7 +165,7 @@ async def demo(workdir: Path) -> int:
         for child in children:
             try:
                 await asyncio.wait_for(child.proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 child.proc.kill()
                 await child.proc.wait()
         console.print(f"stopped {len(children)} processes")

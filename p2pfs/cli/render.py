@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable
-from types import TracebackType
+from typing import Self
 
 from rich.console import Console
 from rich.progress import (
@@ -88,12 +88,12 @@ class ProgressBar:
         self._name = name
         self._last = 0.0
 
-    def __enter__(self) -> ProgressBar:
+    def __enter__(self) -> Self:
         if self.enabled:
             self._progress.start()
         return self
 
-    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.enabled:
             self._progress.stop()
 

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pfs.errors import P2PFSError
-from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FILENAME_BYTES, MIN_CHUNK_SIZE
+from p2pfs.protocol.limits import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_FILENAME_BYTES,
+    MIN_CHUNK_SIZE,
+)
 
 PART_SUFFIX = ".part"
 

@@ -42,7 +42,7 @@ class TrackerClient:
         await self.close()
         try:
             conn = await connect(tracker)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise TrackerUnavailable(f"cannot connect to tracker {tracker}: {describe_os_error(exc)}") from None
         self._conn = conn
         self.address = tracker
@@ -106,7 +106,7 @@ class TrackerClient:
         except ConnectionClosed:
             self._lost(conn)
             raise TrackerUnavailable(f"lost the connection to tracker {self.address}") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TrackerUnavailable(f"tracker {self.address} did not answer in {REQUEST_TIMEOUT:.0f} s") from None
 
     async def _read_replies(self, conn: Connection) -> None:

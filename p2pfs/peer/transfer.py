@@ -217,7 +217,7 @@ class Download:
             except BaseException:
                 conn.close()
                 raise
-        except (OSError, asyncio.TimeoutError, P2PFSError) as exc:
+        except (TimeoutError, OSError, P2PFSError) as exc:
             log.info("holder %s unreachable: %s", address, describe_os_error(exc))
             self._dead[address] = time.monotonic()
             return
@@ -265,7 +265,7 @@ class Download:
                 reply = await asyncio.wait_for(holder.conn.recv(), CHUNK_TIMEOUT)
                 chunk = outstanding.pop(0)
                 self._receive(holder, chunk, reply)
-        except (ConnectionClosed, PeerUnavailable, ProtocolError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConnectionClosed, PeerUnavailable, ProtocolError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
             log.info("holder %s dropped: %s", holder.address, reason)
             self._drop(holder)

@@ -60,7 +60,8 @@ def body_length(header: bytes) -> int:
 def decode(body: bytes | bytearray | memoryview) -> AnyMessage:
     """Validate one frame body; ProtocolError says what is wrong (bad JSON, unknown type, bad field)."""
     try:
-        return _decoder.decode(body)
+        message: AnyMessage = _decoder.decode(body)
+        return message
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid message: {exc}") from None
     except msgspec.DecodeError as exc:

@@ -7,11 +7,17 @@ fields), and we accept messages that lack them.
 
 from __future__ import annotations
 
-from typing import Annotated, Union
+from typing import Annotated
 
 import msgspec
 
-from p2pfs.protocol.limits import MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_FILENAME_BYTES, MAX_HOST_LENGTH, MIN_CHUNK_SIZE
+from p2pfs.protocol.limits import (
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_FILENAME_BYTES,
+    MAX_HOST_LENGTH,
+    MIN_CHUNK_SIZE,
+)
 
 # A published name is a plain file name: no path separators, no NUL, not "." or "..".
 Filename = Annotated[
@@ -104,21 +110,21 @@ class Error(Message, tag="ERROR", omit_defaults=True):
     request: str | None = None
 
 
-AnyMessage = Union[
-    RequestRegister,
-    ReplyRegister,
-    RequestPublish,
-    ReplyPublish,
-    RequestFileList,
-    ReplyFileList,
-    RequestFileLocation,
-    ReplyFileLocation,
-    RequestChunkRegister,
-    PeerRequestChunk,
-    PeerReplyChunk,
-    PeerPingPong,
-    Error,
-]
+AnyMessage = (
+    RequestRegister
+    | ReplyRegister
+    | RequestPublish
+    | ReplyPublish
+    | RequestFileList
+    | ReplyFileList
+    | RequestFileLocation
+    | ReplyFileLocation
+    | RequestChunkRegister
+    | PeerRequestChunk
+    | PeerReplyChunk
+    | PeerPingPong
+    | Error
+)
 
 #: The 12 message types of the seed's table, by wire name (ERROR is our addition).
 SEED_TYPES = (

@@ -78,6 +78,8 @@ class Registry:
         """List a file held whole by `address`; PublishRefused says why not."""
         if address not in self.peers:
             raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
+        if name in self.files:
+            raise PublishRefused(f"a file named {name!r} is already published")
         size = chunk_size or DEFAULT_CHUNK_SIZE
         expected = -(-filesize // size)
         if chunk_count != expected:
@@ -85,8 +87,6 @@ class Registry:
                 f"fileinfo is inconsistent: {filesize} bytes in chunks of {size} make {expected} chunks, "
                 f"not {chunk_count}"
             )
-        if name in self.files:
-            raise PublishRefused(f"a file named {name!r} is already published")
         record = FileRecord(name, filesize, chunk_count, chunk_size)
         self.files[name] = record
         record.holders[address] = set(range(chunk_count))

@@ -116,20 +116,20 @@ class TrackerServer:
                 fileinfo=record.fileinfo,
                 chunksize=record.chunk_size,
             )
-        address = self._address_of.get(conn)
+        registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
-            if address is None:
+            if registered is None:
                 return m.ReplyPublish(result=False, message="peer is not registered (send REQUEST_REGISTER first)")
             filesize, chunk_count = message.fileinfo
             try:
-                registry.publish(address, message.filename, filesize, chunk_count, message.chunksize)
+                registry.publish(registered, message.filename, filesize, chunk_count, message.chunksize)
             except PublishRefused as exc:
                 return m.ReplyPublish(result=False, message=str(exc))
-            log.info("%s published %s (%d bytes, %d chunks)", address, message.filename, filesize, chunk_count)
+            log.info("%s published %s (%d bytes, %d chunks)", registered, message.filename, filesize, chunk_count)
             return m.ReplyPublish(result=True, message="")
         if isinstance(message, m.RequestChunkRegister):
             # The seed defines no reply; a registration that makes no sense is ignored.
-            if address is None or not registry.register_chunk(address, message.filename, message.chunknum):
+            if registered is None or not registry.register_chunk(registered, message.filename, message.chunknum):
                 log.debug("ignored chunk registration %s#%d from %s", message.filename, message.chunknum, conn.remote)
             return None
         kind = type(message).__struct_config__.tag
