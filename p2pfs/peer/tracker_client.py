@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 
 from p2pfs.address import Address
-from p2pfs.errors import FileNotPublished, ProtocolError, TrackerError, TrackerUnavailable
+from p2pfs.errors import FileNotPublished, FrameTooLarge, ProtocolError, TrackerError, TrackerUnavailable
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
 from p2pfs.protocol import messages as m
 
@@ -107,6 +107,8 @@ class TrackerClient:
             self._lost(conn)
             raise TrackerUnavailable(f"lost the connection to tracker {self.address}") from None
         except TimeoutError:
+            # A reply may still come and would answer the wrong request: this connection is done.
+            self._lost(conn)
             raise TrackerUnavailable(f"tracker {self.address} did not answer in {REQUEST_TIMEOUT:.0f} s") from None
 
     async def _read_replies(self, conn: Connection) -> None:
@@ -114,24 +116,37 @@ class TrackerClient:
             while True:
                 try:
                     reply = await conn.recv()
+                except FrameTooLarge:
+                    raise  # the stream cannot be re-synchronised: the connection is lost
                 except ProtocolError as exc:
+                    # A reply we cannot read still answers the oldest request: fail that one, so the
+                    # replies that follow stay matched to their requests.
                     log.warning("tracker sent an invalid message: %s", exc)
+                    self._resolve(TrackerError(f"tracker sent an invalid reply: {exc}"))
                     continue
                 if isinstance(reply, m.Error) and reply.request == "REQUEST_CHUNK_REGISTER":
                     log.debug("tracker refused a chunk registration: %s", reply.message)
                     continue
-                while self._pending:
-                    future = self._pending.popleft()
-                    if not future.done():
-                        future.set_result(reply)
-                        break
-                else:
+                if not self._resolve(reply):
                     log.debug("unsolicited message from tracker: %r", reply)
-        except ConnectionClosed:
+        except (ConnectionClosed, FrameTooLarge):
             self._lost(conn)
         except Exception:  # keep the peer alive; the connection is unusable now
             log.exception("tracker connection reader failed")
             self._lost(conn)
+
+    def _resolve(self, outcome: m.AnyMessage | Exception) -> bool:
+        """Hand a reply (or the error standing for it) to the oldest waiting request."""
+        while self._pending:
+            future = self._pending.popleft()
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+            return True
+        return False
 
     def _lost(self, conn: Connection) -> None:
         if self._conn is not conn:

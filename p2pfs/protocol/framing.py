@@ -30,9 +30,12 @@ _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
 def encode(message: Message) -> bytes:
-    """The whole frame (length prefix and JSON body) for `message`."""
+    """The whole frame (length prefix and JSON body) for `message`; FrameTooLarge if the body would exceed
+    MAX_FRAME_SIZE (the receiver would refuse it)."""
     buf = bytearray(HEADER_SIZE)
     _encoder.encode_into(message, buf, HEADER_SIZE)
+    if len(buf) - HEADER_SIZE > MAX_FRAME_SIZE:
+        raise FrameTooLarge(f"{type(message).__name__} of {len(buf) - HEADER_SIZE} bytes exceeds the frame limit")
     HEADER.pack_into(buf, 0, len(buf) - HEADER_SIZE)
     return bytes(buf)
 
@@ -68,13 +71,15 @@ def decode(body: bytes | bytearray | memoryview) -> AnyMessage:
         raise ProtocolError(f"malformed JSON: {exc}") from None
     except UnicodeDecodeError:
         raise ProtocolError("malformed JSON: invalid UTF-8") from None
+    except RecursionError:
+        raise ProtocolError("malformed JSON: nested too deeply") from None
 
 
 def peek_type(body: bytes | bytearray | memoryview) -> str | None:
     """Best-effort `type` of a body that failed to decode, to name it in the ERROR reply."""
     try:
         return _type_decoder.decode(body).type or None
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -28,7 +28,7 @@ ChunkNumber = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CHUNKS)]
 FileSize = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS * MAX_CHUNK_SIZE)]
 ChunkCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
 ChunkSize = Annotated[int, msgspec.Meta(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
-Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 
@@ -40,6 +40,22 @@ class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
     """Base of every message; `type` is the tag."""
 
 
+def _check_filename_bytes(name: str) -> None:
+    # msgspec's max_length counts characters; the limit is in UTF-8 bytes. A ValueError raised in
+    # __post_init__ becomes a msgspec.ValidationError, like any other schema violation.
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
+        raise ValueError(f"filename longer than {MAX_FILENAME_BYTES} UTF-8 bytes")
+
+
+class _NamesFile(Message):
+    """A message whose `filename` names a published file (checked in UTF-8 bytes)."""
+
+    filename: Filename
+
+    def __post_init__(self) -> None:
+        _check_filename_bytes(self.filename)
+
+
 class RequestRegister(Message, tag="REQUEST_REGISTER"):
     address: tuple[Host, Port]
 
@@ -49,8 +65,7 @@ class ReplyRegister(Message, tag="REPLY_REGISTER", omit_defaults=True):
     address: tuple[str, int] | None = None
 
 
-class RequestPublish(Message, tag="REQUEST_PUBLISH", omit_defaults=True):
-    filename: Filename
+class RequestPublish(_NamesFile, tag="REQUEST_PUBLISH", omit_defaults=True):
     fileinfo: FileInfo
     # extension: bytes per chunk (all chunks but the last); absent means the default, 1 MiB
     chunksize: ChunkSize | None = None
@@ -69,8 +84,8 @@ class ReplyFileList(Message, tag="REPLY_FILE_LIST"):
     filelist: dict[str, FileInfo]
 
 
-class RequestFileLocation(Message, tag="REQUEST_FILE_LOCATION"):
-    filename: Filename
+class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION"):
+    pass
 
 
 class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
@@ -81,13 +96,11 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     chunksize: ChunkSize | None = None
 
 
-class RequestChunkRegister(Message, tag="REQUEST_CHUNK_REGISTER"):
-    filename: Filename
+class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER"):
     chunknum: ChunkNumber
 
 
-class PeerRequestChunk(Message, tag="PEER_REQUEST_CHUNK"):
-    filename: Filename
+class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK"):
     chunknum: ChunkNumber
 
 

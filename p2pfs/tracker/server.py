@@ -92,14 +92,22 @@ class TrackerServer:
             else:
                 reply = self._dispatch(conn, message)
                 if reply is not None:
-                    conn.send(reply)
+                    try:
+                        conn.send(reply)
+                    except FrameTooLarge as exc:
+                        log.warning("%s: reply not sent: %s", conn.remote, exc)
+                        kind = str(type(message).__struct_config__.tag)
+                        conn.send(m.Error(message=f"reply too large to send: {exc}", request=kind))
             await conn.drain()
 
     def _dispatch(self, conn: Connection, message: m.AnyMessage) -> m.Message | None:
         registry = self.registry
         if isinstance(message, m.RequestRegister):
             host, port = message.address
-            address = Address(host, port)
+            try:
+                address = Address.of(host, port) if host.strip() else Address("", port)
+            except ValueError as exc:
+                return m.Error(message=f"bad address: {exc}", request="REQUEST_REGISTER")
             if address.is_wildcard:
                 address = Address(conn.remote.host, port)
             self._register(conn, address)

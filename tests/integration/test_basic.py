@@ -73,3 +73,17 @@ def test_tracker_refused_is_one_clear_line() -> None:
     got = run("ls", "--tracker", "127.0.0.1:1")
     assert got.returncode != 0
     assert "connection refused" in got.stderr and "Traceback" not in got.stderr
+
+
+def test_ipv6_loopback(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    tracker = procs("tracker", "--host", "::1", "--port", "0", "--no-shell")
+    taddr = tracker.listening()
+    assert taddr.startswith("[::1]:")
+    src = make_file(tmp_path / "six.bin", 300_000, seed=6)
+    sharer = procs("share", str(src), "--tracker", taddr, "--host", "::1", "--chunk-size", "64K")
+    paddr = sharer.listening()
+    sharer.expect("published six.bin")
+    got = run("get", "six.bin", str(tmp_path / "out"), "--tracker", taddr, "--host", "::1", "--json")
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout.splitlines()[-1])["sources"] == {paddr: 5}
+    assert (tmp_path / "out").read_bytes() == src.read_bytes()

@@ -186,3 +186,15 @@ def test_disconnect_delists_and_unknown_location_is_error(seeded: tuple[str, str
     assert "mine.bin" not in filelist  # type: ignore[operator]
     reply = other.request({"type": "REQUEST_FILE_LOCATION", "filename": "mine.bin"})
     assert reply["type"] == "ERROR" and "mine.bin" in str(reply["message"])
+
+
+def test_register_bracketed_ipv6_host_is_recorded_plain(seeded: tuple[str, str, Path]) -> None:
+    taddr, _, _ = seeded
+    w = Wire(taddr)
+    assert w.request({"type": "REQUEST_REGISTER", "address": ["[::1]", 41001]}) == {
+        "type": "REPLY_REGISTER",
+        "address": ["::1", 41001],
+    }
+    w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 1})
+    loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
+    assert loc["chunkinfo"]["[::1]:41001"] == [1]  # type: ignore[index]

@@ -1,0 +1,200 @@
+"""The tracker's bookkeeping without sockets: publishing, chunk holders, and delisting when peers leave."""
+
+from __future__ import annotations
+
+import pytest
+
+from p2pfs.address import Address
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.tracker.registry import PublishRefused, Registry
+
+P1 = Address("10.0.0.1", 8001)
+P2 = Address("10.0.0.2", 8002)
+P3 = Address("10.0.0.3", 8003)
+KiB = 1024
+
+
+def registry(*peers: Address) -> Registry:
+    reg = Registry()
+    for peer in peers:
+        reg.add_peer(peer)
+    return reg
+
+
+def holders(reg: Registry, name: str) -> dict[Address, set[int]]:
+    record = reg.locations(name)
+    assert record is not None
+    return record.holders
+
+
+# -- publish ----------------------------------------------------------------------------------------------
+def test_publish_lists_the_file_with_every_chunk_held_by_the_publisher() -> None:
+    reg = registry(P1)
+    record = reg.publish(P1, "a.bin", 10 * KiB + 1, 11, KiB)
+    assert reg.file_list() == {"a.bin": (10 * KiB + 1, 11)}
+    assert record.fileinfo == (10 * KiB + 1, 11)
+    assert record.chunk_size == KiB
+    assert holders(reg, "a.bin") == {P1: set(range(11))}
+    assert record.availability == [1] * 11
+    assert record.complete
+
+
+def test_publish_without_chunk_size_assumes_the_default() -> None:
+    reg = registry(P1)
+    record = reg.publish(P1, "seed.bin", 10 * DEFAULT_CHUNK_SIZE, 10, None)
+    assert record.chunk_size is None
+    assert reg.file_list() == {"seed.bin": (10 * DEFAULT_CHUNK_SIZE, 10)}
+
+
+def test_duplicate_name_is_refused_with_the_reason() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 3 * KiB, 3, KiB)
+    for publisher in (P1, P2):
+        with pytest.raises(PublishRefused) as info:
+            reg.publish(publisher, "a.bin", 5 * KiB, 5, KiB)
+        assert "a.bin" in str(info.value)
+        assert "already published" in str(info.value)
+    assert reg.file_list() == {"a.bin": (3 * KiB, 3)}  # the first one stands
+    assert holders(reg, "a.bin") == {P1: {0, 1, 2}}
+
+
+@pytest.mark.parametrize(
+    ("filesize", "chunk_count", "chunk_size"),
+    [(10 * KiB, 9, KiB), (10 * KiB, 11, KiB), (0, 1, KiB), (1, 0, KiB), (DEFAULT_CHUNK_SIZE + 1, 1, None)],
+)
+def test_inconsistent_fileinfo_is_refused(filesize: int, chunk_count: int, chunk_size: int | None) -> None:
+    reg = registry(P1)
+    with pytest.raises(PublishRefused) as info:
+        reg.publish(P1, "bad.bin", filesize, chunk_count, chunk_size)
+    assert "inconsistent" in str(info.value)
+    assert str(chunk_count) in str(info.value)
+    assert reg.file_list() == {}
+
+
+def test_unregistered_peer_is_refused() -> None:
+    reg = registry(P1)
+    with pytest.raises(PublishRefused) as info:
+        reg.publish(P2, "a.bin", KiB, 1, KiB)
+    assert "not registered" in str(info.value)
+    assert reg.file_list() == {}
+
+
+def test_a_departed_peer_can_no_longer_publish() -> None:
+    reg = registry(P1)
+    reg.remove_peer(P1)
+    with pytest.raises(PublishRefused):
+        reg.publish(P1, "a.bin", KiB, 1, KiB)
+
+
+def test_name_is_free_again_once_delisted() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", KiB, 1, KiB)
+    assert reg.remove_peer(P1) == ["a.bin"]
+    reg.publish(P2, "a.bin", 2 * KiB, 2, KiB)
+    assert holders(reg, "a.bin") == {P2: {0, 1}}
+
+
+# -- register_chunk ---------------------------------------------------------------------------------------
+def test_register_chunk_adds_a_holder() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    assert reg.register_chunk(P2, "a.bin", 2) is True
+    assert reg.register_chunk(P2, "a.bin", 2) is True  # idempotent
+    record = reg.locations("a.bin")
+    assert record is not None
+    assert record.holders == {P1: {0, 1, 2, 3}, P2: {2}}
+    assert record.availability == [1, 1, 2, 1]
+
+
+@pytest.mark.parametrize(("name", "chunk"), [("nope.bin", 0), ("a.bin", 4), ("a.bin", -1), ("a.bin", 10**9)])
+def test_register_chunk_that_makes_no_sense_returns_false(name: str, chunk: int) -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    assert reg.register_chunk(P2, name, chunk) is False
+    assert holders(reg, "a.bin") == {P1: {0, 1, 2, 3}}
+    assert "nope.bin" not in reg.file_list()
+
+
+def test_register_chunk_from_unregistered_peer_returns_false() -> None:
+    reg = registry(P1)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    assert reg.register_chunk(P3, "a.bin", 0) is False
+    assert P3 not in holders(reg, "a.bin")
+
+
+def test_register_chunk_for_an_empty_file_returns_false() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "empty", 0, 0, KiB)
+    assert reg.register_chunk(P2, "empty", 0) is False
+
+
+# -- remove_peer ------------------------------------------------------------------------------------------
+def test_remove_peer_delists_exactly_the_files_left_incomplete() -> None:
+    reg = registry(P1, P2, P3)
+    reg.publish(P1, "a.bin", 3 * KiB, 3, KiB)  # P2 gets all of it: survives
+    reg.publish(P1, "b.bin", 3 * KiB, 3, KiB)  # P2 gets part of it: delisted
+    reg.publish(P1, "c.bin", 2 * KiB, 2, KiB)  # nobody else: delisted
+    reg.publish(P2, "d.bin", 2 * KiB, 2, KiB)  # P1 only downloaded a chunk: survives
+    for chunk in range(3):
+        assert reg.register_chunk(P2, "a.bin", chunk)
+    assert reg.register_chunk(P2, "b.bin", 0)
+    assert reg.register_chunk(P2, "b.bin", 2)
+    assert reg.register_chunk(P1, "d.bin", 1)
+
+    assert sorted(reg.remove_peer(P1)) == ["b.bin", "c.bin"]
+    assert reg.file_list() == {"a.bin": (3 * KiB, 3), "d.bin": (2 * KiB, 2)}
+    assert holders(reg, "a.bin") == {P2: {0, 1, 2}}
+    assert holders(reg, "d.bin") == {P2: {0, 1}}
+    record = reg.locations("d.bin")
+    assert record is not None and record.availability == [1, 1]
+    assert P1 not in reg.peers
+
+
+def test_remove_peer_keeps_a_file_held_in_pieces_by_others() -> None:
+    reg = registry(P1, P2, P3)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    for chunk in (0, 1):
+        reg.register_chunk(P2, "a.bin", chunk)
+    for chunk in (2, 3):
+        reg.register_chunk(P3, "a.bin", chunk)
+    assert reg.remove_peer(P1) == []
+    assert holders(reg, "a.bin") == {P2: {0, 1}, P3: {2, 3}}
+    assert reg.remove_peer(P3) == ["a.bin"]
+    assert reg.file_list() == {}
+
+
+def test_remove_peer_that_holds_nothing_delists_nothing() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", KiB, 1, KiB)
+    assert reg.remove_peer(P2) == []
+    assert reg.remove_peer(P3) == []  # never registered
+    assert reg.file_list() == {"a.bin": (KiB, 1)}
+
+
+def test_remove_peer_twice_is_harmless() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", KiB, 1, KiB)
+    reg.register_chunk(P2, "a.bin", 0)
+    assert reg.remove_peer(P1) == []
+    assert reg.remove_peer(P1) == []
+    assert holders(reg, "a.bin") == {P2: {0}}
+
+
+def test_chunks_registered_for_a_delisted_file_do_not_resurrect_it() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 2 * KiB, 2, KiB)
+    reg.register_chunk(P2, "a.bin", 0)
+    assert reg.remove_peer(P1) == ["a.bin"]
+    assert reg.register_chunk(P2, "a.bin", 1) is False
+    assert reg.file_list() == {}
+    assert reg.remove_peer(P2) == []  # P2's stale interest in a.bin is gone
+
+
+def test_empty_file_stays_listed_while_its_publisher_is_there() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "empty", 0, 0, KiB)
+    assert reg.file_list() == {"empty": (0, 0)}
+    assert reg.remove_peer(P2) == []
+    assert reg.file_list() == {"empty": (0, 0)}
+    assert reg.remove_peer(P1) == ["empty"]
+    assert reg.file_list() == {}
