@@ -113,6 +113,7 @@ def run(*args: str, timeout: float = 60.0, cwd: Path | None = None, env: dict[st
     """Run a one-shot p2pfs command to completion; returns the CompletedProcess."""
     return subprocess.run(
         [*P2PFS, *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=timeout,

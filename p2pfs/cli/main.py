@@ -103,12 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-async def wait_for_signal() -> None:
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM. Installed before a command prints that it is ready, so a
+    signal sent right after that line always means a clean stop (exit 0)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
 
 
 async def listen(server: TrackerServer, host: str, port: int) -> Address:
@@ -142,12 +144,13 @@ def publish_line(name: str, filesize: int, chunk_count: int) -> str:
 # -- tracker -----------------------------------------------------------------------------------------
 async def run_tracker(args: argparse.Namespace) -> int:
     server = TrackerServer()
+    stop = stop_on_signals() if args.no_shell else None
     try:
         if args.port is not None or args.no_shell:
             port = args.port if args.port is not None else DEFAULT_TRACKER_PORT
             say(f"listening on {await listen(server, args.host, port)}")
-        if args.no_shell:
-            await wait_for_signal()
+        if stop is not None:
+            await stop.wait()
             return 0
         shell = Shell("tracker> ")
 
@@ -193,6 +196,7 @@ def parse_port_arg(text: str) -> int:
 # -- peer --------------------------------------------------------------------------------------------
 async def run_peer(args: argparse.Namespace) -> int:
     peer = await start_peer(args.host, args.port)
+    stop = stop_on_signals() if args.no_shell else None
     try:
         say(f"listening on {peer.address}")
         if args.tracker is not None:
@@ -203,8 +207,8 @@ async def run_peer(args: argparse.Namespace) -> int:
                 if args.no_shell:
                     raise
                 error(str(exc))
-        if args.no_shell:
-            await wait_for_signal()
+        if stop is not None:
+            await stop.wait()
             return 0
         shell = Shell("peer> ")
 
@@ -249,6 +253,7 @@ async def run_peer(args: argparse.Namespace) -> int:
 # -- one-shot commands ---------------------------------------------------------------------------------
 async def run_share(args: argparse.Namespace) -> int:
     peer = await start_peer(args.host, args.port)
+    stop = stop_on_signals()
     try:
         say(f"listening on {peer.address}")
         await peer.connect(args.tracker)
@@ -256,7 +261,7 @@ async def run_share(args: argparse.Namespace) -> int:
             shared = await peer.publish(path, args.chunk_size)
             say(publish_line(shared.name, shared.filesize, shared.chunk_count))
         say("serving; press Ctrl-C to stop")
-        await wait_for_signal()
+        await stop.wait()
         return 0
     finally:
         await peer.stop()
@@ -276,9 +281,12 @@ async def run_get(args: argparse.Namespace) -> int:
                 result = await peer.download(args.name, dest, bar.update)
             say(render.result_line(result))
         if args.seed:
-            if not args.json:
+            stop = stop_on_signals()
+            if args.json:
+                emit_json({"event": "seeding", "name": args.name, "address": str(peer.self_address)})
+            else:
                 say(f"seeding {args.name} on {peer.self_address}; press Ctrl-C to stop")
-            await wait_for_signal()
+            await stop.wait()
         return 0
     finally:
         await peer.stop()

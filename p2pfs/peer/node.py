@@ -4,17 +4,21 @@ the library of files it serves, and the downloads it runs."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from p2pfs.address import Address
-from p2pfs.errors import TrackerUnavailable
+from p2pfs.errors import TrackerError, TrackerUnavailable
 from p2pfs.peer import storage
 from p2pfs.peer.chunk_server import ChunkServer
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+
+log = logging.getLogger("p2pfs.peer")
 
 
 class Peer:
@@ -44,16 +48,32 @@ class Peer:
         return self.tracker.registered_as or self.address
 
     async def connect(self, tracker: Address) -> None:
+        """Register with `tracker`, then announce what this peer already holds: whole files are published
+        again and chunks of unfinished downloads registered, so a new or restarted tracker knows them."""
         assert self.address is not None, "start() first"
         await self.tracker.connect(tracker, self.address)
+        for shared in list(self.library.values()):
+            if shared.complete:
+                try:
+                    await self.tracker.publish(shared.name, shared.filesize, shared.chunk_count, shared.chunk_size)
+                except TrackerError as exc:
+                    log.warning("could not publish %s again: %s", shared.name, exc)
+            else:
+                for chunk in sorted(shared.have):
+                    self.tracker.register_chunk(shared.name, chunk)
 
     async def publish(self, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkFile:
         """Hash the file's chunks, list it with the tracker, and serve it."""
         if not self.tracker.connected:
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
         name = storage.check_name(path.name)
-        if name in self.library:
-            raise StorageError(f"{name!r} is already shared by this peer")
+        known = self.library.get(name)
+        if known is not None:
+            if not known.complete or os.path.realpath(known.path) != os.path.realpath(path):
+                raise StorageError(f"another file named {name!r} is already shared by this peer")
+            # the same file again: announce it (again) to the tracker
+            await self.tracker.publish(name, known.filesize, known.chunk_count, known.chunk_size)
+            return known
         shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)
         self.library[name] = shared
         try:

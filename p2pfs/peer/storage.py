@@ -154,8 +154,11 @@ def create_part(dest: Path, name: str, filesize: int, chunk_size: int) -> ChunkF
 
 def finish_part(shared: ChunkFile, dest: Path) -> None:
     """Every chunk is verified: move `DEST.part` to `DEST` (atomic on one file system)."""
-    os.fsync(shared.fd)
-    os.replace(shared.path, dest)
+    try:
+        os.fsync(shared.fd)
+        os.replace(shared.path, dest)
+    except OSError as exc:
+        raise StorageError(f"cannot move {shared.path} to {dest}: {exc.strerror}") from None
     shared.path = dest
 
 

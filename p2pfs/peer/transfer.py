@@ -128,6 +128,8 @@ class Download:
         if storage.chunk_count_for(filesize, chunk_size) != chunk_count:
             raise ProtocolError(f"tracker gave inconsistent fileinfo for {self.name!r}")
         dest = self.dest / self.name if self.dest.is_dir() else self.dest
+        if dest.is_dir():
+            raise storage.StorageError(f"cannot download to {dest}: it is a directory")
         self._file = shared = storage.create_part(dest, self.name, filesize, chunk_size)
         self.library[self.name] = shared  # serve chunks while still downloading
         self._picker = Picker(chunk_count)

@@ -78,7 +78,14 @@ class Registry:
         """List a file held whole by `address`; PublishRefused says why not."""
         if address not in self.peers:
             raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
-        if name in self.files:
+        existing = self.files.get(name)
+        if existing is not None:
+            if (
+                existing.fileinfo == (filesize, chunk_count)
+                and existing.chunk_size == chunk_size
+                and len(existing.holders.get(address, ())) == chunk_count
+            ):
+                return existing  # the same peer announcing the same whole file again: nothing changes
             raise PublishRefused(f"a file named {name!r} is already published")
         size = chunk_size or DEFAULT_CHUNK_SIZE
         expected = -(-filesize // size)

@@ -35,7 +35,7 @@ def test_publish_list_download(tmp_path: Path, procs: Callable[..., Proc], track
 def test_download_from_several_holders(tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str]) -> None:
     _, taddr = tracker
     src = make_file(tmp_path / "big.bin", 4_000_000, seed=2)
-    _, seeder = share(procs, taddr, src)
+    _, _seeder = share(procs, taddr, src)
     seed_dir = tmp_path / "seed2"
     seed_dir.mkdir()
     second = procs("get", "big.bin", str(seed_dir / "big.bin"), "--tracker", taddr, "--seed", "--host", "127.0.0.1")

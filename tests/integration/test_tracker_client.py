@@ -28,7 +28,7 @@ async def read_frame(reader: asyncio.StreamReader) -> dict[str, object]:
 
 
 @pytest.fixture
-async def fake_tracker() -> AsyncIterator[Callable[..., "asyncio.Future[Address]"]]:
+async def fake_tracker() -> AsyncIterator[Callable[..., asyncio.Future[Address]]]:
     servers: list[asyncio.Server] = []
 
     async def start(handler) -> Address:  # type: ignore[no-untyped-def]

@@ -71,7 +71,7 @@ def seeded(tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str]
 
 
 def test_seed_messages_against_tracker(seeded: tuple[str, str, Path]) -> None:
-    taddr, paddr, src = seeded
+    taddr, paddr, _src = seeded
     w = Wire(taddr)
     reply = w.request({"type": "REQUEST_REGISTER", "address": ["127.0.0.1", 40000]})
     assert reply["type"] == "REPLY_REGISTER"
