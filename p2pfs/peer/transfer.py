@@ -43,8 +43,11 @@ log = logging.getLogger("p2pfs.peer")
 PING_TIMEOUT = 3.0
 #: Seconds without any reply while requests are outstanding before a holder is considered dead.
 CHUNK_TIMEOUT = 30.0
-#: Seconds between location refreshes, so holders that appear during a download are used soon.
-REFRESH_INTERVAL = 1.0
+#: Seconds between location refreshes, so holders that appear during a download are used soon: the
+#: first refresh comes quickly (other downloaders started at the same time hold chunks within a fraction
+#: of a second), then the interval doubles up to the maximum while refreshes bring nothing new.
+REFRESH_INTERVAL_MIN = 0.25
+REFRESH_INTERVAL = 2.0
 #: A holder that failed is not tried again for this long (the tracker may still list it briefly).
 RETRY_DEAD_AFTER = 10.0
 
@@ -157,6 +160,7 @@ class Download:
     async def _download_all(self) -> None:
         picker = self._picker
         last_refresh = time.monotonic()
+        interval = min(REFRESH_INTERVAL_MIN, self.refresh_interval)
         while not picker.complete:
             if not picker.can_progress() and not self._connecting:
                 # Nothing can move with what we know: ask the tracker once more before giving up.
@@ -164,12 +168,13 @@ class Download:
                     raise NoSourceForChunk(self.name, picker.missing())
                 last_refresh = time.monotonic()
                 continue
-            timeout = max(0.0, last_refresh + self.refresh_interval - time.monotonic())
+            timeout = max(0.0, last_refresh + interval - time.monotonic())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
-            if not picker.complete and time.monotonic() - last_refresh >= self.refresh_interval:
-                await self._refresh()
+            if not picker.complete and time.monotonic() - last_refresh >= interval:
+                news = await self._refresh()
                 last_refresh = time.monotonic()
+                interval = REFRESH_INTERVAL_MIN if news else min(interval * 2, self.refresh_interval)
 
     async def _refresh(self) -> bool:
         """Ask the tracker for fresh locations; True if it told us anything new."""
