@@ -71,8 +71,13 @@ class Peer:
         if known is not None:
             if not known.complete or os.path.realpath(known.path) != os.path.realpath(path):
                 raise StorageError(f"another file named {name!r} is already shared by this peer")
-            # the same file again: announce it (again) to the tracker
-            await self.tracker.publish(name, known.filesize, known.chunk_count, known.chunk_size)
+            # The same file again: announce it to the tracker unless it already lists us as its holder.
+            try:
+                await self.tracker.publish(name, known.filesize, known.chunk_count, known.chunk_size)
+            except TrackerError:
+                location = await self.tracker.locations(name)
+                if len(location.chunkinfo.get(str(self.self_address), ())) != known.chunk_count:
+                    raise
             return known
         shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)
         self.library[name] = shared

@@ -78,14 +78,7 @@ class Registry:
         """List a file held whole by `address`; PublishRefused says why not."""
         if address not in self.peers:
             raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
-        existing = self.files.get(name)
-        if existing is not None:
-            if (
-                existing.fileinfo == (filesize, chunk_count)
-                and existing.chunk_size == chunk_size
-                and len(existing.holders.get(address, ())) == chunk_count
-            ):
-                return existing  # the same peer announcing the same whole file again: nothing changes
+        if name in self.files:
             raise PublishRefused(f"a file named {name!r} is already published")
         size = chunk_size or DEFAULT_CHUNK_SIZE
         expected = -(-filesize // size)

@@ -308,3 +308,19 @@ def test_peer_no_shell_with_unreachable_tracker_fails_in_one_line(procs: Callabl
     assert peer.wait(20) != 0
     assert len(peer.stderr) == 1 and "connection refused" in peer.stderr[0], peer.stderr
     assert_no_traceback(peer)
+
+
+def test_same_peer_publishing_same_file_twice_is_not_an_error(
+    tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str]
+) -> None:
+    _, taddr = tracker
+    src = make_file(tmp_path / "twice.bin", 3000, seed=12)
+    other = make_file(tmp_path / "other" / "twice.bin", 10, seed=13) if (tmp_path / "other").mkdir() is None else None
+    peer, _ = peer_shell(procs)
+    connect(peer, taddr)
+    assert peer.run(f"publish {src}") == ["published twice.bin (2.9 KiB, 1 chunks)"]
+    assert peer.run(f"publish {src}") == ["published twice.bin (2.9 KiB, 1 chunks)"]
+    # a different file under the same name is still refused
+    assert "already shared" in peer.one_error(f"publish {other}")
+    assert ls_json(taddr) == {"twice.bin": [3000, 1]}
+    assert peer.exit() == 0
