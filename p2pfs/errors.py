@@ -30,12 +30,12 @@ class PeerUnavailable(P2PFSError):
 class NoSourceForChunk(P2PFSError):
     """A download cannot finish: some chunks have no live holder."""
 
-    def __init__(self, filename: str, missing: list[int]) -> None:
+    def __init__(self, filename: str, missing: list[int], kept: str = "") -> None:
         self.filename = filename
         self.missing = missing
         super().__init__(
             f"incomplete transfer of {filename!r}: no holder left for "
-            f"{len(missing)} chunk{'s' if len(missing) != 1 else ''} ({format_ranges(missing)})"
+            f"{len(missing)} chunk{'s' if len(missing) != 1 else ''} ({format_ranges(missing)})" + kept
         )
 
 

@@ -171,7 +171,7 @@ async def run_tracker(args: argparse.Namespace) -> int:
             if not files:
                 say("no files published")
             else:
-                render.print_table(render.file_table(files))
+                render.print_table(render.file_table(files, server.registry.content_ids()))
 
         async def exit_() -> None:
             shell.running = False
@@ -225,11 +225,11 @@ async def run_peer(args: argparse.Namespace) -> int:
             say(publish_line(shared.name, shared.filesize, shared.chunk_count))
 
         async def list_file() -> None:
-            files = await peer.file_list()
-            if not files:
+            reply = await peer.file_list()
+            if not reply.filelist:
                 say("no files published")
             else:
-                render.print_table(render.file_table(files))
+                render.print_table(render.file_table(reply.filelist, reply.contentids))
 
         async def download(remote_file: str, local_path: str) -> None:
             with render.ProgressBar(remote_file) as bar:
@@ -325,6 +325,8 @@ def result_json(result: DownloadResult) -> dict[str, object]:
         "seconds": round(result.seconds, 4),
         "mib_per_s": round(result.mib_per_s, 2),
         "sources": {str(addr): count for addr, count in result.sources.most_common()},
+        "contentid": result.content_id,
+        "resumed": result.resumed,
     }
 
 
@@ -337,15 +339,15 @@ async def run_ls(args: argparse.Namespace) -> int:
     peer = Peer()
     try:
         await peer.tracker.connect(args.tracker, None)
-        files = await peer.file_list()
+        reply = await peer.file_list()
     finally:
         await peer.tracker.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(files).decode() + "\n")
-    elif not files:
+        sys.stdout.write(msgspec.json.encode(reply.filelist).decode() + "\n")
+    elif not reply.filelist:
         say("no files published")
     else:
-        render.print_table(render.file_table(files))
+        render.print_table(render.file_table(reply.filelist, reply.contentids))
     return 0
 
 

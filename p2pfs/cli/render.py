@@ -22,6 +22,7 @@ from rich.table import Table
 from p2pfs.address import Address
 from p2pfs.peer.transfer import DownloadResult
 from p2pfs.peer.transfer import Progress as DownloadProgress
+from p2pfs.protocol import hashes
 
 stdout = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False)
@@ -35,14 +36,17 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def file_table(filelist: dict[str, tuple[int, int]]) -> Table:
+def file_table(filelist: dict[str, tuple[int, int]], content_ids: dict[str, str] | None = None) -> Table:
+    """The file list; `content id` is the publisher's (first 16 hex digits), or `unverified` for a file
+    published without chunk hashes (its chunks are checked only against each holder's own digest)."""
     table = Table(title=None, show_edge=False)
     table.add_column("file")
     table.add_column("size", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("chunks", justify="right")
+    table.add_column("content id")
     for name, (size, chunks) in sorted(filelist.items()):
-        table.add_row(name, human_size(size), str(size), str(chunks))
+        table.add_row(name, human_size(size), str(size), str(chunks), hashes.short((content_ids or {}).get(name)))
     return table
 
 
@@ -62,10 +66,13 @@ def print_table(table: Table) -> None:
 
 def result_line(result: DownloadResult) -> str:
     holders = ", ".join(f"{addr} {count}" for addr, count in result.sources.most_common())
+    resumed = f"; {result.resumed} chunks kept from an earlier attempt" if result.resumed else ""
     return (
         f"downloaded {result.name} to {result.dest}: {human_size(result.filesize)} in {result.seconds:.2f} s "
-        f"({result.mib_per_s:.1f} MiB/s); chunks from {len(result.sources)} holder"
-        f"{'s' if len(result.sources) != 1 else ''}" + (f": {holders}" if holders else "")
+        f"({result.mib_per_s:.1f} MiB/s); content id {result.content_id or 'unverified'}; chunks from "
+        f"{len(result.sources)} holder{'s' if len(result.sources) != 1 else ''}"
+        + (f": {holders}" if holders else "")
+        + resumed
     )
 
 

@@ -16,6 +16,7 @@ from p2pfs.peer.chunk_server import ChunkServer
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
+from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 
 log = logging.getLogger("p2pfs.peer")
@@ -52,15 +53,23 @@ class Peer:
         again and chunks of unfinished downloads registered, so a new or restarted tracker knows them."""
         assert self.address is not None, "start() first"
         await self.tracker.connect(tracker, self.address)
+        await self.announce()
+
+    async def announce(self) -> None:
+        """Publish every whole file again and register the chunks of unfinished downloads (batch form)."""
         for shared in list(self.library.values()):
             if shared.complete:
                 try:
-                    await self.tracker.publish(shared.name, shared.filesize, shared.chunk_count, shared.chunk_size)
+                    await self._publish_to_tracker(shared)
                 except TrackerError as exc:
                     log.warning("could not publish %s again: %s", shared.name, exc)
-            else:
-                for chunk in sorted(shared.have):
-                    self.tracker.register_chunk(shared.name, chunk)
+            elif shared.have:
+                self.tracker.register_chunks(shared.name, sorted(shared.have))
+
+    async def _publish_to_tracker(self, shared: ChunkFile) -> None:
+        await self.tracker.publish(
+            shared.name, shared.filesize, shared.chunk_count, shared.chunk_size, shared.chunk_hashes()
+        )
 
     async def publish(self, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkFile:
         """Hash the file's chunks, list it with the tracker, and serve it."""
@@ -73,7 +82,7 @@ class Peer:
                 raise StorageError(f"another file named {name!r} is already shared by this peer")
             # The same file again: announce it to the tracker unless it already lists us as its holder.
             try:
-                await self.tracker.publish(name, known.filesize, known.chunk_count, known.chunk_size)
+                await self._publish_to_tracker(known)
             except TrackerError:
                 location = await self.tracker.locations(name)
                 if len(location.chunkinfo.get(str(self.self_address), ())) != known.chunk_count:
@@ -82,14 +91,14 @@ class Peer:
         shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)
         self.library[name] = shared
         try:
-            await self.tracker.publish(name, shared.filesize, shared.chunk_count, shared.chunk_size)
+            await self._publish_to_tracker(shared)
         except BaseException:
             self.library.pop(name, None)
             shared.close()
             raise
         return shared
 
-    async def file_list(self) -> dict[str, tuple[int, int]]:
+    async def file_list(self) -> m.ReplyFileList:
         return await self.tracker.file_list()
 
     async def download(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pfs.errors import P2PFSError
+from p2pfs.protocol import hashes
 from p2pfs.protocol.limits import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -71,6 +72,10 @@ class ChunkFile:
     @property
     def complete(self) -> bool:
         return len(self.have) == self.chunk_count
+
+    def chunk_hashes(self) -> bytes:
+        """Every chunk's SHA-256, concatenated (the `chunkhashes` extension); the file must be complete."""
+        return hashes.join([self.digests[c] for c in range(self.chunk_count)])
 
     def chunk_length(self, chunk: int) -> int:
         start = chunk * self.chunk_size
@@ -137,11 +142,12 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
 
 
-def create_part(dest: Path, name: str, filesize: int, chunk_size: int) -> ChunkFile:
-    """Create `DEST.part`, sized to the whole file, to receive chunks in any order."""
+def create_part(dest: Path, name: str, filesize: int, chunk_size: int, keep: bool = False) -> ChunkFile:
+    """Create `DEST.part`, sized to the whole file, to receive chunks in any order (`keep`: reuse the
+    bytes of an existing one, for a resumed download)."""
     part = part_path(dest)
     try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
     except OSError as exc:
         raise StorageError(f"cannot create {part}: {exc.strerror}") from None
     try:

@@ -20,6 +20,8 @@ log = logging.getLogger("p2pfs.peer")
 
 #: How long a tracker may take to answer one request before we call it unavailable.
 REQUEST_TIMEOUT = 10.0
+#: Chunk numbers per batch REQUEST_CHUNK_REGISTER: at most ~7 bytes each, so ~460 KB per frame.
+REGISTER_BATCH = 65536
 
 
 class TrackerClient:
@@ -65,20 +67,24 @@ class TrackerClient:
         if conn is not None:
             await conn.aclose()
 
-    async def publish(self, name: str, filesize: int, chunk_count: int, chunk_size: int) -> None:
+    async def publish(
+        self, name: str, filesize: int, chunk_count: int, chunk_size: int, chunk_hashes: bytes | None = None
+    ) -> None:
         reply = await self._request(
-            m.RequestPublish(filename=name, fileinfo=(filesize, chunk_count), chunksize=chunk_size)
+            m.RequestPublish(
+                filename=name, fileinfo=(filesize, chunk_count), chunksize=chunk_size, chunkhashes=chunk_hashes
+            )
         )
         if not isinstance(reply, m.ReplyPublish):
             raise TrackerError(f"publish of {name!r} failed: {_describe(reply)}")
         if not reply.result:
             raise TrackerError(f"publish of {name!r} refused: {reply.message or 'no reason given'}")
 
-    async def file_list(self) -> dict[str, tuple[int, int]]:
+    async def file_list(self) -> m.ReplyFileList:
         reply = await self._request(m.RequestFileList())
         if not isinstance(reply, m.ReplyFileList):
             raise TrackerError(f"file list failed: {_describe(reply)}")
-        return reply.filelist
+        return reply
 
     async def locations(self, name: str) -> m.ReplyFileLocation:
         reply = await self._request(m.RequestFileLocation(filename=name))
@@ -92,6 +98,14 @@ class TrackerClient:
         """Tell the tracker we hold `chunk` (no reply; silently skipped while disconnected)."""
         if self._conn is not None:
             self._conn.send(m.RequestChunkRegister(filename=name, chunknum=chunk))
+
+    def register_chunks(self, name: str, chunks: list[int]) -> None:
+        """Register many chunks at once with the batch form (`chunknums`), in frames of REGISTER_BATCH."""
+        if self._conn is None:
+            return
+        for i in range(0, len(chunks), REGISTER_BATCH):
+            batch = chunks[i : i + REGISTER_BATCH]
+            self._conn.send(m.RequestChunkRegister(filename=name, chunknum=batch[0], chunknums=batch))
 
     async def _request(self, message: m.Message) -> m.AnyMessage:
         conn = self._conn

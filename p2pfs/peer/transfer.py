@@ -30,10 +30,12 @@ from p2pfs.errors import (
 )
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
 from p2pfs.peer import storage
+from p2pfs.peer.partfile import PartFile
 from p2pfs.peer.picker import Picker
 from p2pfs.peer.storage import ChunkFile
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
+from p2pfs.protocol import hashes
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 
@@ -72,10 +74,18 @@ class DownloadResult:
     seconds: float
     #: chunks received from each holder (first copies only)
     sources: Counter[Address] = field(default_factory=Counter)
+    #: the publisher's content id (None: a seed-only publisher gave no chunk hashes; verified by digests)
+    content_id: str | None = None
+    #: chunks kept from an earlier, interrupted attempt (verified again before being trusted)
+    resumed: int = 0
 
     @property
     def mib_per_s(self) -> float:
         return self.filesize / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
+
+
+class CorruptChunk(ProtocolError):
+    """A holder sent bytes that do not match the chunk's hash."""
 
 
 @dataclass
@@ -115,6 +125,10 @@ class Download:
         self._changed = asyncio.Event()
         self._picker: Picker[Address] = Picker(0)
         self._file: ChunkFile | None = None
+        self._part: PartFile | None = None
+        self._expected: list[str] | None = None
+        #: holders that sent a corrupt chunk: never asked again during this download
+        self._banned: set[Address] = set()
         self._bytes_done = 0
 
     async def run(self) -> DownloadResult:
@@ -133,25 +147,58 @@ class Download:
         dest = self.dest / self.name if self.dest.is_dir() else self.dest
         if dest.is_dir():
             raise storage.StorageError(f"cannot download to {dest}: it is a directory")
-        self._file = shared = storage.create_part(dest, self.name, filesize, chunk_size)
-        self.library[self.name] = shared  # serve chunks while still downloading
-        self._picker = Picker(chunk_count)
+        expected = hashes.split(location.chunkhashes) if location.chunkhashes else None
+        if expected is not None and len(expected) != chunk_count:
+            raise ProtocolError(f"tracker gave {len(expected)} chunk hashes for {chunk_count} chunks")
+        if location.chunkhashes and location.contentid not in (None, hashes.content_id(location.chunkhashes)):
+            raise ProtocolError(f"tracker gave chunk hashes that do not match the content id of {self.name!r}")
+        self._expected = expected
+        part = PartFile.open(dest, self.name, filesize, chunk_size, location.contentid)
+        self._file = shared = part.shared
+        self._part = part
         ok = False
+        resumed: list[int] = []
         try:
-            if chunk_count:
+            if part.candidates:
+                resumed = await asyncio.to_thread(part.verify_resumed, expected)
+            self._bytes_done = sum(shared.chunk_length(c) for c in resumed)
+            self.library[self.name] = shared  # serve chunks while still downloading
+            if resumed:
+                log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
+                self.tracker.register_chunks(self.name, resumed)
+            self._picker = Picker(chunk_count, have=shared.have)
+            if not self._picker.complete:
                 await self._add_holders(location.chunkinfo)
-                await self._download_all()
-            storage.finish_part(shared, dest)
+                try:
+                    await self._download_all()
+                except NoSourceForChunk as exc:
+                    if not shared.have:
+                        raise
+                    kept = f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
+                    raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
+            part.finish()
             ok = True
         finally:
             await self._close_holders()
             if not ok:
                 self.library.pop(self.name, None)
-                storage.discard_part(shared)
-        return DownloadResult(self.name, dest, filesize, chunk_count, time.monotonic() - started, self.sources)
+                if shared.have:
+                    part.keep_for_resume()
+                else:
+                    part.discard()
+        return DownloadResult(
+            self.name,
+            dest,
+            filesize,
+            chunk_count,
+            time.monotonic() - started,
+            self.sources,
+            location.contentid,
+            len(resumed),
+        )
 
     async def _fileinfo_from_list(self) -> tuple[int, int]:
-        info = (await self.tracker.file_list()).get(self.name)
+        info = (await self.tracker.file_list()).filelist.get(self.name)
         if info is None:
             raise FileNotPublished(f"{self.name!r} is not listed by the tracker")
         return info
@@ -196,7 +243,7 @@ class Download:
             except ValueError:
                 log.warning("tracker listed a bad holder address %r", text)
                 continue
-            if address == self.self_address or not chunks:
+            if address == self.self_address or not chunks or address in self._banned:
                 continue
             if address in self._holders:
                 if self._picker.add_holder(address, chunks):
@@ -272,6 +319,11 @@ class Download:
                 reply = await asyncio.wait_for(holder.conn.recv(), CHUNK_TIMEOUT)
                 chunk = outstanding.pop(0)
                 self._receive(holder, chunk, reply)
+        except CorruptChunk as exc:
+            # A holder that lies once is not asked again for this file; its chunks go to other holders.
+            log.warning("holder %s %s; dropped for this file", holder.address, exc)
+            self._banned.add(holder.address)
+            self._drop(holder)
         except (TimeoutError, ConnectionClosed, PeerUnavailable, ProtocolError, OSError) as exc:
             reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
             log.info("holder %s dropped: %s", holder.address, reason)
@@ -301,14 +353,15 @@ class Download:
         holder.meter.delivered(len(data), time.monotonic())
         if holder.meter.rate is not None:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
-        if len(data) != shared.chunk_length(chunk) or digest != reply.digest.lower():
-            log.warning("holder %s sent a corrupt chunk %d of %s; asking another", holder.address, chunk, self.name)
-            picker.failed(chunk, holder.address)
-            self._notify()
-            return
+        # The publisher's hash is the truth when the tracker has it; else the seed's rule: the reply's digest.
+        want = self._expected[chunk] if self._expected is not None else reply.digest.lower()
+        if len(data) != shared.chunk_length(chunk) or digest != want:
+            raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")
         if not picker.completed(chunk):
             return  # an end-game duplicate; the first copy already arrived
         shared.write_chunk(chunk, data, digest)
+        assert self._part is not None
+        self._part.record(chunk, digest)
         self._bytes_done += len(data)
         self.sources[holder.address] += 1
         self.tracker.register_chunk(self.name, chunk)

@@ -14,8 +14,13 @@ MIN_CHUNK_SIZE = 1024
 #: Largest chunk size: its base64 form must fit in one frame (8 MiB * 4/3 + header < MAX_FRAME_SIZE).
 MAX_CHUNK_SIZE = 8 * 1024 * 1024
 
-#: Most chunks a file may have (1 TiB at 1 MiB chunks). Bounds the tracker's bookkeeping per file.
-MAX_CHUNKS = 1 << 20
+#: Most chunks a file may have: 256 GiB at the default 1 MiB, 2 TiB at 8 MiB chunks. Bounds the tracker's
+#: bookkeeping per file, and keeps the publisher's chunk hashes (32 bytes each, 8 MiB in all, 11.2 MB as
+#: base64) inside one frame.
+MAX_CHUNKS = 1 << 18
+
+#: Bytes of one chunk digest (SHA-256) in the binary `chunkhashes` extension field.
+DIGEST_SIZE = 32
 
 #: Longest published name in UTF-8 bytes: the usual file-system limit for one path component.
 MAX_FILENAME_BYTES = 255

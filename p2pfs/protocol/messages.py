@@ -12,6 +12,7 @@ from typing import Annotated
 import msgspec
 
 from p2pfs.protocol.limits import (
+    DIGEST_SIZE,
     MAX_CHUNK_SIZE,
     MAX_CHUNKS,
     MAX_FILENAME_BYTES,
@@ -69,6 +70,14 @@ class RequestPublish(_NamesFile, tag="REQUEST_PUBLISH", omit_defaults=True):
     fileinfo: FileInfo
     # extension: bytes per chunk (all chunks but the last); absent means the default, 1 MiB
     chunksize: ChunkSize | None = None
+    # extension: the publisher's SHA-256 of every chunk, concatenated (32 bytes each), base64 in JSON.
+    # Downloaders verify chunks against these, not against what a holder claims.
+    chunkhashes: bytes | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.chunkhashes is not None and len(self.chunkhashes) != DIGEST_SIZE * self.fileinfo[1]:
+            raise ValueError(f"chunkhashes must hold {DIGEST_SIZE} bytes per chunk")
 
 
 class ReplyPublish(Message, tag="REPLY_PUBLISH"):
@@ -80,8 +89,10 @@ class RequestFileList(Message, tag="REQUEST_FILE_LIST"):
     pass
 
 
-class ReplyFileList(Message, tag="REPLY_FILE_LIST"):
+class ReplyFileList(Message, tag="REPLY_FILE_LIST", omit_defaults=True):
     filelist: dict[str, FileInfo]
+    # extension: the content id of every file published with chunk hashes (absent: unverified file)
+    contentids: dict[str, str] | None = None
 
 
 class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION"):
@@ -94,10 +105,16 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     # extensions: the file's (filesize, totalchunknum) and chunk size, so a downloader needs no other call
     fileinfo: FileInfo | None = None
     chunksize: ChunkSize | None = None
+    # extensions: the publisher's chunk hashes (as in REQUEST_PUBLISH) and the content id derived from them
+    chunkhashes: bytes | None = None
+    contentid: str | None = None
 
 
-class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER"):
+class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaults=True):
     chunknum: ChunkNumber
+    # extension (batch form): every chunk number to register; `chunknum` is then the first of them, so a
+    # tracker that knows only the seed's form still registers one
+    chunknums: list[ChunkNumber] | None = None
 
 
 class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK"):

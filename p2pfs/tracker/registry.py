@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from p2pfs.address import Address
+from p2pfs.protocol import hashes
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 
 
@@ -20,6 +21,9 @@ class FileRecord:
     filesize: int
     chunk_count: int
     chunk_size: int | None  # None when the publisher did not say (seed-only peers): default assumed
+    #: the publisher's chunk hashes and the content id derived from them; None for seed-only publishers
+    chunk_hashes: bytes | None = None
+    content_id: str | None = None
     holders: dict[Address, set[int]] = field(default_factory=dict)
     #: how many holders each chunk has, kept in step with `holders` so completeness checks are O(1)
     availability: list[int] = field(default_factory=list)
@@ -73,13 +77,34 @@ class Registry:
 
     # -- files ---------------------------------------------------------------------------------
     def publish(
-        self, address: Address, name: str, filesize: int, chunk_count: int, chunk_size: int | None
+        self,
+        address: Address,
+        name: str,
+        filesize: int,
+        chunk_count: int,
+        chunk_size: int | None,
+        chunk_hashes: bytes | None = None,
     ) -> FileRecord:
-        """List a file held whole by `address`; PublishRefused says why not."""
+        """List a file held whole by `address`, or add `address` as a holder of every chunk when the
+        same name is already listed with the same content id. PublishRefused says why not."""
         if address not in self.peers:
             raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
-        if name in self.files:
-            raise PublishRefused(f"a file named {name!r} is already published")
+        existing = self.files.get(name)
+        if existing is not None:
+            same_content = (
+                chunk_hashes is not None
+                and existing.chunk_hashes == chunk_hashes
+                and existing.fileinfo == (filesize, chunk_count)
+                and (existing.chunk_size or DEFAULT_CHUNK_SIZE) == (chunk_size or DEFAULT_CHUNK_SIZE)
+            )
+            if not same_content:
+                raise PublishRefused(f"a file named {name!r} is already published (with different content)")
+            for chunk in range(chunk_count):
+                self.register_chunk(address, name, chunk)
+            if chunk_count == 0:
+                existing.holders.setdefault(address, set())
+                self._files_of[address].add(name)
+            return existing
         size = chunk_size or DEFAULT_CHUNK_SIZE
         expected = -(-filesize // size)
         if chunk_count != expected:
@@ -87,7 +112,9 @@ class Registry:
                 f"fileinfo is inconsistent: {filesize} bytes in chunks of {size} make {expected} chunks, "
                 f"not {chunk_count}"
             )
-        record = FileRecord(name, filesize, chunk_count, chunk_size)
+        record = FileRecord(name, filesize, chunk_count, chunk_size, chunk_hashes)
+        if chunk_hashes is not None:
+            record.content_id = hashes.content_id(chunk_hashes)
         self.files[name] = record
         record.holders[address] = set(range(chunk_count))
         record.availability = [1] * chunk_count
@@ -108,6 +135,10 @@ class Registry:
 
     def file_list(self) -> dict[str, tuple[int, int]]:
         return {name: record.fileinfo for name, record in self.files.items()}
+
+    def content_ids(self) -> dict[str, str]:
+        """Content id of every listed file that was published with chunk hashes."""
+        return {name: r.content_id for name, r in self.files.items() if r.content_id is not None}
 
     def locations(self, name: str) -> FileRecord | None:
         return self.files.get(name)

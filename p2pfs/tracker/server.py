@@ -113,7 +113,7 @@ class TrackerServer:
             self._register(conn, address)
             return m.ReplyRegister(address=(address.host, address.port))
         if isinstance(message, m.RequestFileList):
-            return m.ReplyFileList(filelist=registry.file_list())
+            return m.ReplyFileList(filelist=registry.file_list(), contentids=registry.content_ids() or None)
         if isinstance(message, m.RequestFileLocation):
             record = registry.locations(message.filename)
             if record is None:
@@ -123,6 +123,8 @@ class TrackerServer:
                 chunkinfo={str(addr): sorted(chunks) for addr, chunks in record.holders.items() if chunks},
                 fileinfo=record.fileinfo,
                 chunksize=record.chunk_size,
+                chunkhashes=record.chunk_hashes,
+                contentid=record.content_id,
             )
         registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
@@ -130,15 +132,19 @@ class TrackerServer:
                 return m.ReplyPublish(result=False, message="peer is not registered (send REQUEST_REGISTER first)")
             filesize, chunk_count = message.fileinfo
             try:
-                registry.publish(registered, message.filename, filesize, chunk_count, message.chunksize)
+                registry.publish(
+                    registered, message.filename, filesize, chunk_count, message.chunksize, message.chunkhashes
+                )
             except PublishRefused as exc:
                 return m.ReplyPublish(result=False, message=str(exc))
             log.info("%s published %s (%d bytes, %d chunks)", registered, message.filename, filesize, chunk_count)
             return m.ReplyPublish(result=True, message="")
         if isinstance(message, m.RequestChunkRegister):
             # The seed defines no reply; a registration that makes no sense is ignored.
-            if registered is None or not registry.register_chunk(registered, message.filename, message.chunknum):
-                log.debug("ignored chunk registration %s#%d from %s", message.filename, message.chunknum, conn.remote)
+            chunks = message.chunknums if message.chunknums is not None else [message.chunknum]
+            for chunk in chunks:
+                if registered is None or not registry.register_chunk(registered, message.filename, chunk):
+                    log.debug("ignored chunk registration %s#%d from %s", message.filename, chunk, conn.remote)
             return None
         kind = type(message).__struct_config__.tag
         return m.Error(message=f"unexpected message type {kind} for a tracker", request=str(kind))

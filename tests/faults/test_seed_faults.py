@@ -73,9 +73,21 @@ def test_last_holder_killed_download_fails_cleanly(
     assert len(errors) == 1, downloader.stderr
     assert "f.bin" in errors[0] and "no holder left" in errors[0]
     assert "Traceback" not in "\n".join(downloader.stderr)
-    assert not dest.exists() and not Path(str(dest) + ".part").exists()
+    assert "run it again to resume" in errors[0]
+    # no file under the final name; the verified chunks are kept beside it for a resume
+    assert not dest.exists()
+    assert Path(str(dest) + ".part").exists() and Path(str(dest) + ".part.state").exists()
     # the tracker delisted the file: nobody can complete it
     assert json.loads(run("ls", "--tracker", taddr, "--json").stdout) == {}
+    # the file comes back: the same command resumes, fetching only what is missing
+    share(procs, taddr, src)
+    again = run("get", "f.bin", str(dest), "--tracker", taddr, "--json", "--host", "127.0.0.1")
+    assert again.returncode == 0, again.stderr
+    done = json.loads(again.stdout.splitlines()[-1])
+    assert 5 <= done["resumed"] < CHUNKS
+    assert sum(done["sources"].values()) == CHUNKS - done["resumed"]
+    assert dest.read_bytes() == src.read_bytes()
+    assert not Path(str(dest) + ".part").exists() and not Path(str(dest) + ".part.state").exists()
 
 
 def test_tracker_killed_download_finishes_from_known_locations(

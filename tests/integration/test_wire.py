@@ -75,10 +75,18 @@ def test_seed_messages_against_tracker(seeded: tuple[str, str, Path]) -> None:
     w = Wire(taddr)
     reply = w.request({"type": "REQUEST_REGISTER", "address": ["127.0.0.1", 40000]})
     assert reply["type"] == "REPLY_REGISTER"
-    assert w.request({"type": "REQUEST_FILE_LIST"}) == {"type": "REPLY_FILE_LIST", "filelist": {"w.bin": [200_000, 4]}}
+    raw = _src.read_bytes()
+    chunkhashes = b"".join(hashlib.sha256(raw[i : i + 65536]).digest() for i in range(0, len(raw), 65536))
+    content_id = hashlib.sha256(chunkhashes).hexdigest()
+    assert w.request({"type": "REQUEST_FILE_LIST"}) == {
+        "type": "REPLY_FILE_LIST",
+        "filelist": {"w.bin": [200_000, 4]},
+        "contentids": {"w.bin": content_id},
+    }
     loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
     assert loc["type"] == "REPLY_FILE_LOCATION" and loc["filename"] == "w.bin"
     assert loc["chunkinfo"] == {paddr: [0, 1, 2, 3]}
+    assert base64.b64decode(str(loc["chunkhashes"])) == chunkhashes and loc["contentid"] == content_id
     # a chunk registration has no reply; the next reply answers the next request
     w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 2})
     loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})

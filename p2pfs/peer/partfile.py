@@ -1,0 +1,149 @@
+"""A download in progress on disk: `DEST.part` (the chunks, at their offsets) and `DEST.part.state`
+(which chunks were verified), so an interrupted download resumes where it stopped.
+
+The state file is a JSON header line (name, filesize, chunksize, contentid) followed by one line per
+verified chunk, `CHUNK_NUMBER SHA256HEX`, appended as chunks are written (no flush per chunk: a line lost
+in a crash only means that chunk is fetched again). On resume nothing is trusted: every chunk the log
+names is read back and hashed, against the publisher's hash when the tracker has it, else against the
+logged digest. A truncated or corrupt `.part` therefore loses only the chunks that do not match.
+A lock on the state file keeps two downloads from writing the same `.part`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+
+import msgspec
+
+from p2pfs.peer import storage
+from p2pfs.peer.storage import ChunkFile, StorageError
+
+STATE_SUFFIX = ".state"
+
+
+class StateHeader(msgspec.Struct):
+    name: str
+    filesize: int
+    chunksize: int
+    contentid: str | None = None
+
+
+def state_path(dest: Path) -> Path:
+    part = storage.part_path(dest)
+    return part.with_name(part.name + STATE_SUFFIX)
+
+
+class PartFile:
+    """Owns `DEST.part` (as a ChunkFile the chunk server can read while we write) and its state log."""
+
+    def __init__(self, dest: Path, shared: ChunkFile, state_fd: int, candidates: dict[int, str]) -> None:
+        self.dest = dest
+        self.shared = shared
+        self._state_fd = state_fd
+        #: chunks the state log says were verified before; checked by `verify_resumed`
+        self.candidates = candidates
+
+    @classmethod
+    def open(
+        cls, dest: Path, name: str, filesize: int, chunk_size: int, content_id: str | None
+    ) -> PartFile:
+        """Resume `DEST.part` if its state matches this file, else start a fresh one."""
+        state = state_path(dest)
+        try:
+            state_fd = os.open(state, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageError(f"cannot create {state}: {exc.strerror}") from None
+        try:
+            fcntl.flock(state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(state_fd)
+            raise StorageError(f"{storage.part_path(dest)} is in use by another download") from None
+        try:
+            header = StateHeader(name, filesize, chunk_size, content_id)
+            candidates = _read_state(state_fd, header) if storage.part_path(dest).exists() else None
+            if candidates is None:  # nothing to resume: a fresh state log and a fresh .part
+                os.ftruncate(state_fd, 0)
+                os.lseek(state_fd, 0, os.SEEK_SET)
+                os.write(state_fd, msgspec.json.encode(header) + b"\n")
+                candidates = {}
+            else:
+                os.lseek(state_fd, 0, os.SEEK_END)
+            shared = storage.create_part(dest, name, filesize, chunk_size, keep=bool(candidates))
+        except BaseException:
+            os.close(state_fd)
+            raise
+        return cls(dest, shared, state_fd, candidates)
+
+    def verify_resumed(self, expected: list[str] | None) -> list[int]:
+        """Hash every chunk the log names; keep those that match. Blocking: run it in a thread."""
+        shared = self.shared
+        kept: list[int] = []
+        for chunk, logged in sorted(self.candidates.items()):
+            if not 0 <= chunk < shared.chunk_count:
+                continue
+            want = expected[chunk] if expected is not None else logged
+            try:
+                data = shared.read_chunk(chunk)
+            except (OSError, StorageError):
+                continue  # truncated: fetch it again
+            digest = hashlib.sha256(data).hexdigest()
+            if digest == want:
+                shared.have.add(chunk)
+                shared.digests[chunk] = digest
+                kept.append(chunk)
+        self.candidates = {}
+        return kept
+
+    def record(self, chunk: int, digest: str) -> None:
+        """Log a verified, written chunk (one small unbuffered append; no fsync)."""
+        os.write(self._state_fd, f"{chunk} {digest}\n".encode())
+
+    def finish(self) -> None:
+        """Every chunk verified: DEST.part -> DEST, and the state log goes."""
+        storage.finish_part(self.shared, self.dest)
+        self._remove_state()
+
+    def keep_for_resume(self) -> None:
+        """An interrupted download: leave DEST.part and its state for the next attempt."""
+        self.shared.close()
+        self._close_state()
+
+    def discard(self) -> None:
+        storage.discard_part(self.shared)
+        self._remove_state()
+
+    def _remove_state(self) -> None:
+        try:
+            os.unlink(state_path(self.dest))
+        except FileNotFoundError:
+            pass
+        self._close_state()
+
+    def _close_state(self) -> None:
+        if self._state_fd >= 0:
+            os.close(self._state_fd)
+            self._state_fd = -1
+
+
+def _read_state(fd: int, header: StateHeader) -> dict[int, str] | None:
+    """The verified chunks the log names, if its header matches `header`; None if it does not."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks: list[bytes] = []
+    while piece := os.read(fd, 1 << 20):
+        chunks.append(piece)
+    lines = b"".join(chunks).split(b"\n")
+    try:
+        found = msgspec.json.decode(lines[0], type=StateHeader)
+    except msgspec.DecodeError:
+        return None
+    if found != header:
+        return None
+    logged: dict[int, str] = {}
+    for line in lines[1:]:
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit() and len(parts[1]) == 64:
+            logged[int(parts[0])] = parts[1].decode("ascii", "replace")
+    return logged
