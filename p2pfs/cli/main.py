@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -128,8 +129,12 @@ def serve_delay_from_env() -> float:
         return 0.0
 
 
-async def start_peer(host: str, port: int) -> Peer:
-    peer = Peer(host, port, serve_delay=serve_delay_from_env())
+def status_to_stderr(line: str) -> None:
+    print(f"p2pfs: {line}", file=sys.stderr, flush=True)
+
+
+async def start_peer(host: str, port: int, on_tracker_status: Callable[[str], None] = status_to_stderr) -> Peer:
+    peer = Peer(host, port, serve_delay=serve_delay_from_env(), on_tracker_status=on_tracker_status)
     try:
         await peer.start()
     except OSError as exc:
@@ -195,7 +200,7 @@ def parse_port_arg(text: str) -> int:
 
 # -- peer --------------------------------------------------------------------------------------------
 async def run_peer(args: argparse.Namespace) -> int:
-    peer = await start_peer(args.host, args.port)
+    peer = await start_peer(args.host, args.port, say)
     stop = stop_on_signals() if args.no_shell else None
     try:
         say(f"listening on {peer.address}")
@@ -269,7 +274,8 @@ async def run_share(args: argparse.Namespace) -> int:
 
 async def run_get(args: argparse.Namespace) -> int:
     dest: Path = args.dest if args.dest is not None else Path(args.name)
-    peer = await start_peer(args.host, args.port)
+    on_status = (lambda line: emit_json({"event": "tracker", "message": line})) if args.json else status_to_stderr
+    peer = await start_peer(args.host, args.port, on_status)
     try:
         await peer.connect(args.tracker)
         if args.json:

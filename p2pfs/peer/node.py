@@ -23,12 +23,18 @@ log = logging.getLogger("p2pfs.peer")
 
 
 class Peer:
-    def __init__(self, host: str = "0.0.0.0", port: int = 0, serve_delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        serve_delay: float = 0.0,
+        on_tracker_status: Callable[[str], None] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.library: dict[str, ChunkFile] = {}
         self.server = ChunkServer(self.library, delay=serve_delay)
-        self.tracker = TrackerClient()
+        self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce)
         self.address: Address | None = None
 
     async def start(self) -> Address:

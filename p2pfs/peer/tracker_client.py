@@ -9,10 +9,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from p2pfs.address import Address
-from p2pfs.errors import FileNotPublished, FrameTooLarge, ProtocolError, TrackerError, TrackerUnavailable
+from p2pfs.errors import (
+    FileNotPublished,
+    FrameTooLarge,
+    P2PFSError,
+    ProtocolError,
+    TrackerError,
+    TrackerUnavailable,
+)
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
 from p2pfs.protocol import messages as m
 
@@ -20,45 +27,78 @@ log = logging.getLogger("p2pfs.peer")
 
 #: How long a tracker may take to answer one request before we call it unavailable.
 REQUEST_TIMEOUT = 10.0
+#: Reconnection backoff: first retry after this many seconds, doubling up to the cap. The cap keeps a
+#: restarted tracker's file list complete again within seconds.
+RECONNECT_FIRST_DELAY = 0.25
+RECONNECT_MAX_DELAY = 5.0
 #: Chunk numbers per batch REQUEST_CHUNK_REGISTER: at most ~7 bytes each, so ~460 KB per frame.
 REGISTER_BATCH = 65536
 
 
 class TrackerClient:
-    def __init__(self, on_lost: Callable[[Address], None] | None = None) -> None:
+    """Requests to one tracker. A registered client that loses its tracker reconnects by itself with
+    capped exponential backoff, registers again and calls `on_reconnected` (the peer re-announces what
+    it holds); `on_status` hears a line when the tracker becomes unreachable and when it is back."""
+
+    def __init__(
+        self,
+        on_status: Callable[[str], None] | None = None,
+        on_reconnected: Callable[[], Awaitable[None]] | None = None,
+        auto_reconnect: bool = True,
+    ) -> None:
         self.address: Address | None = None
         #: our address as the tracker recorded it (REPLY_REGISTER's extension field), if it said
         self.registered_as: Address | None = None
+        self.auto_reconnect = auto_reconnect
+        self._server_address: Address | None = None
         self._conn: Connection | None = None
         self._pending: collections.deque[asyncio.Future[m.AnyMessage]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
-        self._on_lost = on_lost
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._on_status = on_status
+        self._on_reconnected = on_reconnected
 
     @property
     def connected(self) -> bool:
         return self._conn is not None
 
+    @property
+    def reconnecting(self) -> bool:
+        return self._reconnecting is not None
+
     async def connect(self, tracker: Address, server_address: Address | None) -> Address | None:
         """Connect and register `server_address` (None: only ask, as `p2pfs ls` does); replaces any current
-        tracker connection."""
+        tracker connection and stops any reconnection in progress."""
         await self.close()
+        return await self._open(tracker, server_address)
+
+    async def _open(self, tracker: Address, server_address: Address | None) -> Address | None:
         try:
             conn = await connect(tracker)
         except (TimeoutError, OSError) as exc:
             raise TrackerUnavailable(f"cannot connect to tracker {tracker}: {describe_os_error(exc)}") from None
         self._conn = conn
         self.address = tracker
+        self._server_address = server_address
         self._reader = asyncio.create_task(self._read_replies(conn))
         if server_address is None:
             return None
         reply = await self._request(m.RequestRegister(address=(server_address.host, server_address.port)))
         if not isinstance(reply, m.ReplyRegister):
-            await self.close()
+            await self._drop_connection()
             raise TrackerError(f"tracker {tracker} refused registration: {_describe(reply)}")
         self.registered_as = Address(*reply.address) if reply.address else None
         return self.registered_as
 
     async def close(self) -> None:
+        """Close the connection for good (no reconnection)."""
+        task, self._reconnecting = self._reconnecting, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self._drop_connection()
+
+    async def _drop_connection(self) -> None:
         conn, self._conn = self._conn, None
         if self._reader is not None:
             self._reader.cancel()
@@ -66,6 +106,32 @@ class TrackerClient:
         self._fail_pending(TrackerUnavailable("tracker connection closed"))
         if conn is not None:
             await conn.aclose()
+
+    async def _reconnect(self) -> None:
+        delay = RECONNECT_FIRST_DELAY
+        tracker = self.address
+        assert tracker is not None
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._open(tracker, self._server_address)
+            except (TrackerUnavailable, TrackerError) as exc:
+                log.debug("reconnection to tracker %s failed: %s", tracker, exc)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
+                continue
+            self._reconnecting = None
+            self._status(f"tracker {tracker} is back: registered again")
+            if self._on_reconnected is not None:
+                try:
+                    await self._on_reconnected()
+                except P2PFSError as exc:
+                    log.warning("announcing to tracker %s after reconnecting failed: %s", tracker, exc)
+            return
+
+    def _status(self, line: str) -> None:
+        log.info("%s", line)
+        if self._on_status is not None:
+            self._on_status(line)
 
     async def publish(
         self, name: str, filesize: int, chunk_count: int, chunk_size: int, chunk_hashes: bytes | None = None
@@ -110,6 +176,8 @@ class TrackerClient:
     async def _request(self, message: m.Message) -> m.AnyMessage:
         conn = self._conn
         if conn is None:
+            if self._reconnecting is not None:
+                raise TrackerUnavailable(f"tracker {self.address} is unreachable (reconnecting in the background)")
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
         future: asyncio.Future[m.AnyMessage] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
@@ -168,9 +236,11 @@ class TrackerClient:
         self._conn = None
         conn.close()
         self._fail_pending(TrackerUnavailable(f"lost the connection to tracker {self.address}"))
-        log.warning("lost the connection to tracker %s", self.address)
-        if self._on_lost is not None and self.address is not None:
-            self._on_lost(self.address)
+        if self.auto_reconnect and self._server_address is not None and self._reconnecting is None:
+            self._status(f"tracker {self.address} is unreachable: reconnecting in the background")
+            self._reconnecting = asyncio.create_task(self._reconnect())
+        elif self._reconnecting is None:
+            self._status(f"lost the connection to tracker {self.address}")
 
     def _fail_pending(self, exc: Exception) -> None:
         while self._pending:

@@ -7,6 +7,9 @@ is a moment the test can reach by awaiting a progress line, not a race against t
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,7 +117,7 @@ def test_tracker_restart_then_connect_again(tmp_path: Path, procs: Callable[...,
     peer.expect("no files published")
     tracker_proc.kill9()
     peer.send("list_file")
-    peer.expect(r"^error: .*(not connected|lost the connection)")
+    peer.expect(r"^error: .*(not connected|unreachable)")
     restarted = procs("tracker", "--host", "127.0.0.1", "--port", port, "--no-shell")
     restarted.listening()
     peer.send(f"connect {host} {port}")
@@ -126,3 +129,46 @@ def test_tracker_restart_then_connect_again(tmp_path: Path, procs: Callable[...,
     peer.expect("again.bin")
     peer.send("exit")
     assert peer.wait(20) == 0
+
+
+def test_tracker_restart_is_invisible(tmp_path: Path, procs: Callable[..., Proc]) -> None:
+    """kill -9 the tracker, start a new one on the same port: peers reconnect by themselves, publish again
+    and re-register their chunks, so the file list is complete again without anyone touching a peer."""
+    first = procs("tracker", "--host", "127.0.0.1", "--port", "0", "--no-shell")
+    taddr = first.listening()
+    port = taddr.rsplit(":", 1)[1]
+    src = make_file(tmp_path / "r.bin", 20 * CHUNK, seed=21)
+    sharer = share(procs, taddr, src)
+    (tmp_path / "g").mkdir()
+    getter = procs("get", "r.bin", str(tmp_path / "g" / "r.bin"), "--tracker", taddr, "--seed", "--json", "--host", "127.0.0.1")
+    seeding = getter.expect(r'"event": "seeding"')
+    getter_addr = json.loads(seeding.string)["address"]
+    first.kill9()
+    getter.expect(r'"event": "tracker".*unreachable')
+    second = procs("tracker", "--host", "127.0.0.1", "--port", port, "--no-shell")
+    second.listening()
+    getter.expect(r'"event": "tracker".*is back', timeout=30)
+    # wait (bounded) until both holders have announced themselves to the new tracker
+    end = time.monotonic() + 30
+    while True:
+        listing = json.loads(run("ls", "--tracker", taddr, "--json").stdout)
+        if listing == {"r.bin": [20 * CHUNK, 20]}:
+            loc = _location(taddr, "r.bin")
+            if getter_addr in loc and len(loc) == 2:
+                break
+        assert time.monotonic() < end, f"list not rebuilt: {listing}"
+    assert sharer.popen.poll() is None
+    got = run("get", "r.bin", str(tmp_path / "again.bin"), "--tracker", taddr, "--json", "--host", "127.0.0.1")
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "again.bin").read_bytes() == src.read_bytes()
+
+
+def _location(taddr: str, name: str) -> dict[str, list[int]]:
+    host, port = taddr.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        body = json.dumps({"type": "REQUEST_FILE_LOCATION", "filename": name}).encode()
+        sock.sendall(struct.pack(">I", len(body)) + body)
+        header = sock.recv(4, socket.MSG_WAITALL)
+        (n,) = struct.unpack(">I", header)
+        reply = json.loads(sock.recv(n, socket.MSG_WAITALL))
+    return reply.get("chunkinfo", {})  # type: ignore[no-any-return]

@@ -19,6 +19,9 @@ from tests.procs import Proc, make_file, run
 REFUSED_PORT = "1"
 
 
+STATUS_LINE = re.compile(r"^(tracker \S+ is (unreachable|back)|lost the connection to tracker)")
+
+
 class Shell:
     """A shell process on a pipe; `run(command)` returns exactly the stdout lines that command printed."""
 
@@ -37,7 +40,8 @@ class Shell:
         self.proc.expect(rf"^error: unknown command: {marker}\b", timeout)
         out = self.proc.stdout[start:]
         assert out and marker in out[-1], out
-        return out[:-1]
+        # tracker status lines ("... is unreachable", "... is back") come whenever the tracker comes and goes
+        return [line for line in out[:-1] if not STATUS_LINE.match(line)]
 
     def one_error(self, command: str) -> str:
         """Run a command that must fail with exactly one `error: ...` line; return that line."""
