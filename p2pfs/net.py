@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 
 from p2pfs.address import Address
@@ -11,8 +12,21 @@ from p2pfs.errors import P2PFSError
 from p2pfs.protocol import framing
 from p2pfs.protocol.messages import AnyMessage, Message
 
+
+def env_seconds(name: str, default: float) -> float:
+    """A timeout, overridable from the environment (for operators with unusual networks, and for tests
+    that must not wait the full default)."""
+    try:
+        value = float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
 #: How long to wait for a TCP connection to a tracker or holder before calling it unreachable.
-CONNECT_TIMEOUT = 5.0
+CONNECT_TIMEOUT = env_seconds("P2PFS_CONNECT_TIMEOUT", 5.0)
+#: Once a frame's header has arrived, its body must follow within this many seconds (no slow-loris).
+FRAME_TIMEOUT = env_seconds("P2PFS_FRAME_TIMEOUT", 30.0)
 
 #: Stream buffer limit; frames are read with readexactly, which this does not bound.
 _STREAM_LIMIT = 1 << 20
@@ -44,12 +58,23 @@ class Connection:
         peername = writer.get_extra_info("peername")
         self.remote = Address(str(peername[0]), int(peername[1])) if peername else Address("?", 0)
 
-    async def recv_body(self) -> bytes:
-        """The next frame body. ConnectionClosed at EOF; FrameTooLarge before reading an oversized body."""
+    async def recv_body(self, idle_timeout: float | None = None) -> bytes:
+        """The next frame body. ConnectionClosed at EOF, after `idle_timeout` seconds without a frame, or
+        when a started frame does not complete within FRAME_TIMEOUT; FrameTooLarge before reading an
+        oversized body."""
         try:
-            header = await self.reader.readexactly(framing.HEADER_SIZE)
-            length = framing.body_length(header)
-            return await self.reader.readexactly(length)
+            header = await asyncio.wait_for(self.reader.readexactly(framing.HEADER_SIZE), idle_timeout)
+        except TimeoutError:
+            raise ConnectionClosed(f"{self.remote} idle for {idle_timeout:.0f} s") from None
+        except asyncio.IncompleteReadError:
+            raise ConnectionClosed(f"connection closed by {self.remote}") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
+        length = framing.body_length(header)
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(length), FRAME_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionClosed(f"{self.remote} did not complete a frame in {FRAME_TIMEOUT:.0f} s") from None
         except asyncio.IncompleteReadError:
             raise ConnectionClosed(f"connection closed by {self.remote}") from None
         except (ConnectionError, OSError) as exc:
@@ -67,8 +92,13 @@ class Connection:
         self.writer.write(data)
 
     async def drain(self) -> None:
+        """Wait until the written data is taken by the kernel; a reader that takes nothing for
+        FRAME_TIMEOUT seconds is treated as gone."""
         try:
-            await self.writer.drain()
+            await asyncio.wait_for(self.writer.drain(), FRAME_TIMEOUT)
+        except TimeoutError:
+            self.close()
+            raise ConnectionClosed(f"{self.remote} stopped reading for {FRAME_TIMEOUT:.0f} s") from None
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
 

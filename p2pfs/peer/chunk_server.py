@@ -13,12 +13,17 @@ from collections.abc import Mapping
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed
+from p2pfs.net import Connection, ConnectionClosed, env_seconds
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 
 log = logging.getLogger("p2pfs.peer")
+
+#: Most simultaneous downloader connections one peer serves (each downloader uses one per holder).
+MAX_CONNECTIONS = 1024
+#: Seconds a downloader's connection may stay silent before it is closed.
+IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
 
 
 class ChunkServer:
@@ -49,8 +54,13 @@ class ChunkServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
         conn = Connection(reader, writer)
+        if len(self._handlers) >= MAX_CONNECTIONS:
+            log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
+            conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
+            await conn.aclose()
+            return
+        self._handlers.add(task)
         try:
             await self._serve(conn)
         except (asyncio.CancelledError, ConnectionClosed):
@@ -64,7 +74,7 @@ class ChunkServer:
     async def _serve(self, conn: Connection) -> None:
         while True:
             try:
-                body = await conn.recv_body()
+                body = await conn.recv_body(IDLE_TIMEOUT)
             except FrameTooLarge as exc:
                 log.warning("%s: %s; closing", conn.remote, exc)
                 conn.send(m.Error(message=str(exc)))

@@ -20,13 +20,13 @@ from p2pfs.errors import (
     TrackerError,
     TrackerUnavailable,
 )
-from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
+from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
 from p2pfs.protocol import messages as m
 
 log = logging.getLogger("p2pfs.peer")
 
 #: How long a tracker may take to answer one request before we call it unavailable.
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = env_seconds("P2PFS_REQUEST_TIMEOUT", 10.0)
 #: Reconnection backoff: first retry after this many seconds, doubling up to the cap. The cap keeps a
 #: restarted tracker's file list complete again within seconds.
 RECONNECT_FIRST_DELAY = 0.25

@@ -28,7 +28,7 @@ from p2pfs.errors import (
     ProtocolError,
     TrackerUnavailable,
 )
-from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error
+from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
 from p2pfs.peer import storage
 from p2pfs.peer.partfile import PartFile
 from p2pfs.peer.picker import Picker
@@ -42,9 +42,9 @@ from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 log = logging.getLogger("p2pfs.peer")
 
 #: Seconds to wait for a holder's PEER_PING_PONG (connect included) before skipping it.
-PING_TIMEOUT = 3.0
+PING_TIMEOUT = env_seconds("P2PFS_PING_TIMEOUT", 3.0)
 #: Seconds without any reply while requests are outstanding before a holder is considered dead.
-CHUNK_TIMEOUT = 30.0
+CHUNK_TIMEOUT = env_seconds("P2PFS_CHUNK_TIMEOUT", 30.0)
 #: Seconds between location refreshes, so holders that appear during a download are used soon: the
 #: first refresh comes quickly (other downloaders started at the same time hold chunks within a fraction
 #: of a second), then the interval doubles up to the maximum while refreshes bring nothing new.

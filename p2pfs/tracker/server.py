@@ -7,12 +7,18 @@ import logging
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed
+from p2pfs.net import Connection, ConnectionClosed, env_seconds
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 from p2pfs.tracker.registry import PublishRefused, Registry
 
 log = logging.getLogger("p2pfs.tracker")
+
+#: Most simultaneous connections; one per peer. 2,000 simulated peers must fit (the tracker benchmark),
+#: and each costs a socket and a few KiB.
+MAX_CONNECTIONS = 8192
+#: Seconds a connection that has not registered may stay silent (registered peers may stay silent).
+UNREGISTERED_IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
 
 
 class TrackerServer:
@@ -56,8 +62,13 @@ class TrackerServer:
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._handlers.add(task)
         conn = Connection(reader, writer)
+        if len(self._handlers) >= MAX_CONNECTIONS:
+            log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
+            conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
+            await conn.aclose()
+            return
+        self._handlers.add(task)
         try:
             await self._serve(conn)
         except asyncio.CancelledError:
@@ -72,7 +83,10 @@ class TrackerServer:
     async def _serve(self, conn: Connection) -> None:
         while True:
             try:
-                body = await conn.recv_body()
+                # A registered peer's connection is its presence and may stay quiet for ever; any other
+                # connection that goes quiet is dropped, so idle sockets cannot pile up.
+                idle = None if conn in self._address_of else UNREGISTERED_IDLE_TIMEOUT
+                body = await conn.recv_body(idle)
             except FrameTooLarge as exc:
                 log.warning("%s: %s; closing", conn.remote, exc)
                 conn.send(m.Error(message=str(exc)))
