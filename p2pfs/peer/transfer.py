@@ -237,6 +237,7 @@ class Download:
         news = False
         now = time.monotonic()
         new: dict[Address, list[int]] = {}
+        self._reregister_missing(chunkinfo)
         for text, chunks in chunkinfo.items():
             try:
                 address = Address.parse(text)
@@ -258,6 +259,17 @@ class Download:
         if news:
             self._notify()
         return news
+
+    def _reregister_missing(self, chunkinfo: dict[str, list[int]]) -> None:
+        """If the tracker lists fewer of our chunks than we hold (it restarted, or our registrations
+        arrived before the file was listed again), register the missing ones in one batch."""
+        shared = self._file
+        if shared is None or not shared.have or self.self_address is None:
+            return
+        listed = set(chunkinfo.get(str(self.self_address), ()))
+        missing = sorted(shared.have - listed)
+        if missing:
+            self.tracker.register_chunks(self.name, missing)
 
     async def _connect_holder(self, address: Address, chunks: list[int]) -> None:
         try:
