@@ -80,6 +80,17 @@ class Connection:
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
 
+    async def recv_raw(self, length: int) -> bytes:
+        """Exactly `length` raw bytes (the body of a binary PEER_REPLY_CHUNK), within FRAME_TIMEOUT."""
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(length), FRAME_TIMEOUT)
+        except TimeoutError:
+            raise ConnectionClosed(f"{self.remote} did not send {length} raw bytes in {FRAME_TIMEOUT:.0f} s") from None
+        except asyncio.IncompleteReadError:
+            raise ConnectionClosed(f"connection closed by {self.remote}") from None
+        except (ConnectionError, OSError) as exc:
+            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
+
     async def recv(self) -> AnyMessage:
         """The next message, validated; ProtocolError if it does not follow the protocol."""
         return framing.decode(await self.recv_body())

@@ -134,7 +134,13 @@ def status_to_stderr(line: str) -> None:
 
 
 async def start_peer(host: str, port: int, on_tracker_status: Callable[[str], None] = status_to_stderr) -> Peer:
-    peer = Peer(host, port, serve_delay=serve_delay_from_env(), on_tracker_status=on_tracker_status)
+    peer = Peer(
+        host,
+        port,
+        serve_delay=serve_delay_from_env(),
+        on_tracker_status=on_tracker_status,
+        raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json",
+    )
     try:
         await peer.start()
     except OSError as exc:

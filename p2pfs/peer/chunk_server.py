@@ -27,8 +27,10 @@ IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
 
 
 class ChunkServer:
-    def __init__(self, library: Mapping[str, ChunkFile], delay: float = 0.0) -> None:
+    def __init__(self, library: Mapping[str, ChunkFile], delay: float = 0.0, raw: bool = True) -> None:
         self.library = library
+        #: answer `raw` requests with the binary fast path (False: always the seed's base64 JSON)
+        self.raw = raw
         #: test-only: seconds to wait before each chunk reply (emulates a slow or distant holder)
         self.delay = delay
         self.address: Address | None = None
@@ -91,13 +93,36 @@ class ChunkServer:
                 elif isinstance(message, m.PeerRequestChunk):
                     if self.delay:
                         await asyncio.sleep(self.delay)
-                    conn.send(self._chunk_reply(message, conn.remote))
+                    self._send_chunk(conn, message)
                 else:
                     kind = type(message).__struct_config__.tag
-                    conn.send(m.Error(message=f"unexpected message type {kind} for a peer", request=str(kind)))
+                    conn.send(
+                        m.Error(message=f"unexpected message type {kind} for a peer", request=str(kind))
+                    )
             await conn.drain()
 
-    def _chunk_reply(self, request: m.PeerRequestChunk, remote: Address) -> m.Message:
+    def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk) -> None:
+        reply = self._chunk_reply(request, conn.remote)
+        if isinstance(reply, m.Error):
+            conn.send(reply)
+            return
+        digest, data = reply
+        if request.raw and self.raw:
+            # the binary fast path: a small header frame, then the chunk's bytes as they are
+            conn.send(
+                m.PeerReplyChunk(
+                    filename=request.filename, chunknum=request.chunknum, digest=digest, rawlength=len(data)
+                )
+            )
+            conn.send_raw(data)
+        else:
+            conn.send(
+                m.PeerReplyChunk(
+                    filename=request.filename, chunknum=request.chunknum, digest=digest, data=data
+                )
+            )
+
+    def _chunk_reply(self, request: m.PeerRequestChunk, remote: Address) -> m.Error | tuple[str, bytes]:
         shared = self.library.get(request.filename)
         chunk = request.chunknum
         if shared is None:
@@ -110,8 +135,8 @@ class ChunkServer:
             data = shared.read_chunk(chunk)
         except (OSError, StorageError) as exc:
             log.error("cannot read chunk %d of %s: %s", chunk, shared.path, exc)
-            return m.Error(message=f"cannot read chunk {chunk} of {request.filename}", request="PEER_REQUEST_CHUNK")
+            return m.Error(
+                message=f"cannot read chunk {chunk} of {request.filename}", request="PEER_REQUEST_CHUNK"
+            )
         self.served[(request.filename, remote.host)] += 1
-        return m.PeerReplyChunk(
-            filename=request.filename, chunknum=chunk, data=data, digest=shared.digests[chunk]
-        )
+        return shared.digests[chunk], data

@@ -29,11 +29,14 @@ class Peer:
         port: int = 0,
         serve_delay: float = 0.0,
         on_tracker_status: Callable[[str], None] | None = None,
+        raw: bool = True,
     ) -> None:
+        #: use the binary chunk path (False: only the seed's base64 JSON, as P2PFS_WIRE=json asks)
+        self.raw = raw
         self.host = host
         self.port = port
         self.library: dict[str, ChunkFile] = {}
-        self.server = ChunkServer(self.library, delay=serve_delay)
+        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw)
         self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce)
         self.address: Address | None = None
 
@@ -111,5 +114,11 @@ class Peer:
         self, name: str, dest: Path, on_progress: Callable[[Progress], None] | None = None
     ) -> DownloadResult:
         return await Download(
-            self.tracker, self.library, name, dest, self_address=self.self_address, on_progress=on_progress
+            self.tracker,
+            self.library,
+            name,
+            dest,
+            self_address=self.self_address,
+            on_progress=on_progress,
+            raw=self.raw,
         ).run()

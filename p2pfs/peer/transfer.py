@@ -110,7 +110,10 @@ class Download:
         self_address: Address | None = None,
         on_progress: Callable[[Progress], None] | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
+        raw: bool = True,
     ) -> None:
+        #: ask holders for the binary fast path (they answer base64 JSON if they do not know it)
+        self.raw = raw
         self.tracker = tracker
         self.library = library
         self.name = name
@@ -321,7 +324,7 @@ class Download:
                         break
                     if not outstanding:
                         holder.meter.start(time.monotonic())
-                    holder.conn.send(m.PeerRequestChunk(filename=self.name, chunknum=chunk))
+                    holder.conn.send(m.PeerRequestChunk(filename=self.name, chunknum=chunk, raw=self.raw))
                     outstanding.append(chunk)
                 if not outstanding:
                     holder.meter.idle()
@@ -329,8 +332,9 @@ class Download:
                     continue
                 await holder.conn.drain()
                 reply = await asyncio.wait_for(holder.conn.recv(), CHUNK_TIMEOUT)
+                data = await self._chunk_data(holder, reply)
                 chunk = outstanding.pop(0)
-                self._receive(holder, chunk, reply)
+                self._receive(holder, chunk, reply, data)
         except CorruptChunk as exc:
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
             log.warning("holder %s %s; dropped for this file", holder.address, exc)
@@ -349,7 +353,17 @@ class Download:
             if picker.complete or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
 
-    def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage) -> None:
+    async def _chunk_data(self, holder: _Holder, reply: m.AnyMessage) -> bytes | None:
+        """The chunk's bytes: from base64 `data`, or read raw after the header (binary fast path)."""
+        if not isinstance(reply, m.PeerReplyChunk):
+            return None
+        if reply.rawlength is None:
+            return reply.data
+        if not self.raw:
+            raise ProtocolError(f"holder {holder.address} sent raw bytes that were not asked for")
+        return await holder.conn.recv_raw(reply.rawlength)
+
+    def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage, data: bytes | None) -> None:
         picker = self._picker
         shared = self._file
         assert shared is not None
@@ -358,9 +372,13 @@ class Download:
             picker.failed(chunk, holder.address)
             self._notify()
             return
-        if not isinstance(reply, m.PeerReplyChunk) or reply.chunknum != chunk or reply.filename != self.name:
+        if (
+            not isinstance(reply, m.PeerReplyChunk)
+            or data is None
+            or reply.chunknum != chunk
+            or reply.filename != self.name
+        ):
             raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with {_describe(reply)}")
-        data = reply.data
         digest = hashlib.sha256(data).hexdigest()
         holder.meter.delivered(len(data), time.monotonic())
         if holder.meter.rate is not None:

@@ -29,6 +29,7 @@ ChunkNumber = Annotated[int, msgspec.Meta(ge=0, lt=MAX_CHUNKS)]
 FileSize = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS * MAX_CHUNK_SIZE)]
 ChunkCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNKS)]
 ChunkSize = Annotated[int, msgspec.Meta(ge=MIN_CHUNK_SIZE, le=MAX_CHUNK_SIZE)]
+ChunkLength = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNK_SIZE)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
@@ -117,15 +118,24 @@ class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaul
     chunknums: list[ChunkNumber] | None = None
 
 
-class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK"):
+class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK", omit_defaults=True):
     chunknum: ChunkNumber
+    # extension (binary fast path): ask for the chunk as raw bytes after the reply's header frame
+    raw: bool = False
 
 
-class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK"):
+class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK", omit_defaults=True):
     filename: str
     chunknum: ChunkNumber
-    data: bytes  # base64 in JSON; msgspec encodes and decodes it
     digest: Sha256Hex
+    # the seed's form: the chunk in base64 (msgspec encodes and decodes it)
+    data: bytes | None = None
+    # extension (binary fast path): the chunk follows this frame as exactly `rawlength` raw bytes
+    rawlength: ChunkLength | None = None
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.rawlength is None):
+            raise ValueError("PEER_REPLY_CHUNK needs exactly one of `data` and `rawlength`")
 
 
 class PeerPingPong(Message, tag="PEER_PING_PONG"):

@@ -171,7 +171,7 @@ def test_decodes_hand_written_seed_json() -> None:
                 "data": base64.b64encode(data).decode(),
                 "digest": hashlib.sha256(data).hexdigest(),
             },
-            m.PeerReplyChunk("f", 3, data, hashlib.sha256(data).hexdigest()),
+            m.PeerReplyChunk(filename="f", chunknum=3, data=data, digest=hashlib.sha256(data).hexdigest()),
         ),
         ({"type": "PEER_PING_PONG"}, m.PeerPingPong()),
     ]
