@@ -62,6 +62,14 @@ def body_length(header: bytes) -> int:
 
 def decode(body: bytes | bytearray | memoryview) -> AnyMessage:
     """Validate one frame body; ProtocolError says what is wrong (bad JSON, unknown type, bad field)."""
+    # msgspec skips unknown fields without looking inside them; the protocol says the whole body is
+    # UTF-8, so check it (a fast ASCII scan first: chunk data in base64 is ASCII).
+    raw = body if isinstance(body, (bytes, bytearray)) else bytes(body)
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("malformed JSON: invalid UTF-8") from None
     try:
         message: AnyMessage = _decoder.decode(body)
         return message
@@ -76,8 +84,10 @@ def decode(body: bytes | bytearray | memoryview) -> AnyMessage:
 
 
 def peek_type(body: bytes | bytearray | memoryview) -> str | None:
-    """Best-effort `type` of a body that failed to decode, to name it in the ERROR reply."""
+    """Best-effort `type` of a body that failed to decode, to name it in the ERROR reply (None when the
+    body is not even valid UTF-8 JSON)."""
     try:
+        bytes(body).decode("utf-8")
         return _type_decoder.decode(body).type or None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None

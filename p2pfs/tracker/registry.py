@@ -8,11 +8,71 @@ incomplete.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from p2pfs.address import Address
 from p2pfs.protocol import hashes
-from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNKS
+
+#: Most chunks one peer may publish in all (4 files of MAX_CHUNKS): publishing costs the tracker memory
+#: (a bit per chunk per holder and a counter per chunk, ~2 MB for the largest file), so a single
+#: connection cannot buy unbounded memory with a few small frames.
+MAX_PUBLISHED_CHUNKS_PER_PEER = 4 * MAX_CHUNKS
+
+
+class ChunkSet:
+    """The chunk numbers one holder has, as a bitmap (1 bit per chunk; a set of ints costs ~40 bytes each).
+    Compares equal to a set of the same numbers."""
+
+    __slots__ = ("_bits", "_count", "_size")
+
+    def __init__(self, size: int, full: bool = False) -> None:
+        self._size = size
+        self._bits = bytearray(b"\xff" * ((size + 7) // 8)) if full else bytearray((size + 7) // 8)
+        if full and size % 8:
+            self._bits[-1] = (1 << (size % 8)) - 1
+        self._count = size if full else 0
+
+    def add(self, chunk: int) -> bool:
+        """Add `chunk`; True if it was not there."""
+        byte, bit = divmod(chunk, 8)
+        if self._bits[byte] >> bit & 1:
+            return False
+        self._bits[byte] |= 1 << bit
+        self._count += 1
+        return True
+
+    def __contains__(self, chunk: object) -> bool:
+        if not isinstance(chunk, int) or not 0 <= chunk < self._size:
+            return False
+        return bool(self._bits[chunk >> 3] >> (chunk & 7) & 1)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[int]:
+        if self._count == self._size:
+            yield from range(self._size)
+            return
+        for byte_index, byte in enumerate(self._bits):
+            if byte:
+                base = byte_index * 8
+                for bit in range(8):
+                    if byte >> bit & 1:
+                        yield base + bit
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ChunkSet):
+            return self._bits == other._bits
+        if isinstance(other, (set, frozenset)):
+            return len(other) == self._count and all(c in self for c in other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"ChunkSet({set(self)!r})"
 
 
 @dataclass
@@ -24,7 +84,7 @@ class FileRecord:
     #: the publisher's chunk hashes and the content id derived from them; None for seed-only publishers
     chunk_hashes: bytes | None = None
     content_id: str | None = None
-    holders: dict[Address, set[int]] = field(default_factory=dict)
+    holders: dict[Address, ChunkSet] = field(default_factory=dict)
     #: how many holders each chunk has, kept in step with `holders` so completeness checks are O(1)
     availability: list[int] = field(default_factory=list)
 
@@ -68,7 +128,8 @@ class Registry:
             record = self.files.get(name)
             if record is None:
                 continue
-            for chunk in record.holders.pop(address, set()):
+            held = record.holders.pop(address, None)
+            for chunk in held if held is not None else ():
                 record.availability[chunk] -= 1
             if not record.complete:
                 self._delist(name)
@@ -89,6 +150,11 @@ class Registry:
         same name is already listed with the same content id. PublishRefused says why not."""
         if address not in self.peers:
             raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
+        published = sum(self.files[n].chunk_count for n in self._files_of[address] if n in self.files)
+        if published + chunk_count > MAX_PUBLISHED_CHUNKS_PER_PEER:
+            raise PublishRefused(
+                f"this peer already publishes {published} chunks; the limit is {MAX_PUBLISHED_CHUNKS_PER_PEER}"
+            )
         existing = self.files.get(name)
         if existing is not None:
             same_content = (
@@ -99,10 +165,15 @@ class Registry:
             )
             if not same_content:
                 raise PublishRefused(f"a file named {name!r} is already published (with different content)")
-            for chunk in range(chunk_count):
-                self.register_chunk(address, name, chunk)
+            if address not in existing.holders:  # joining as a new holder of every chunk: no per-chunk work
+                existing.holders[address] = ChunkSet(chunk_count, full=True)
+                existing.availability = [a + 1 for a in existing.availability]
+                self._files_of[address].add(name)
+            else:
+                for chunk in range(chunk_count):
+                    self.register_chunk(address, name, chunk)
             if chunk_count == 0:
-                existing.holders.setdefault(address, set())
+                existing.holders.setdefault(address, ChunkSet(0))
                 self._files_of[address].add(name)
             return existing
         size = chunk_size or DEFAULT_CHUNK_SIZE
@@ -116,7 +187,7 @@ class Registry:
         if chunk_hashes is not None:
             record.content_id = hashes.content_id(chunk_hashes)
         self.files[name] = record
-        record.holders[address] = set(range(chunk_count))
+        record.holders[address] = ChunkSet(chunk_count, full=True)
         record.availability = [1] * chunk_count
         self._files_of[address].add(name)
         return record
@@ -126,9 +197,10 @@ class Registry:
         record = self.files.get(name)
         if record is None or address not in self.peers or not 0 <= chunk < record.chunk_count:
             return False
-        held = record.holders.setdefault(address, set())
-        if chunk not in held:
-            held.add(chunk)
+        held = record.holders.get(address)
+        if held is None:
+            held = record.holders[address] = ChunkSet(record.chunk_count)
+        if held.add(chunk):
             record.availability[chunk] += 1
             self._files_of[address].add(name)
         return True

@@ -71,8 +71,8 @@ class TrackerServer:
         self._handlers.add(task)
         try:
             await self._serve(conn)
-        except asyncio.CancelledError:
-            pass
+        except (asyncio.CancelledError, ConnectionClosed):
+            pass  # (a client that leaves before reading its replies is not an error of ours)
         except Exception:  # a bug must not take the tracker down with it
             log.exception("error while serving %s", conn.remote)
         finally:
@@ -134,7 +134,7 @@ class TrackerServer:
                 return m.Error(message=f"file not found: {message.filename}", request="REQUEST_FILE_LOCATION")
             return m.ReplyFileLocation(
                 filename=record.name,
-                chunkinfo={str(addr): sorted(chunks) for addr, chunks in record.holders.items() if chunks},
+                chunkinfo={str(addr): list(chunks) for addr, chunks in record.holders.items() if chunks},
                 fileinfo=record.fileinfo,
                 chunksize=record.chunk_size,
                 chunkhashes=record.chunk_hashes,

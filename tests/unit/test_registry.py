@@ -6,7 +6,7 @@ import pytest
 
 from p2pfs.address import Address
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
-from p2pfs.tracker.registry import PublishRefused, Registry
+from p2pfs.tracker.registry import MAX_PUBLISHED_CHUNKS_PER_PEER, ChunkSet, PublishRefused, Registry
 
 P1 = Address("10.0.0.1", 8001)
 P2 = Address("10.0.0.2", 8002)
@@ -21,7 +21,7 @@ def registry(*peers: Address) -> Registry:
     return reg
 
 
-def holders(reg: Registry, name: str) -> dict[Address, set[int]]:
+def holders(reg: Registry, name: str) -> dict[Address, ChunkSet]:
     record = reg.locations(name)
     assert record is not None
     return record.holders
@@ -198,3 +198,28 @@ def test_empty_file_stays_listed_while_its_publisher_is_there() -> None:
     assert reg.file_list() == {"empty": (0, 0)}
     assert reg.remove_peer(P1) == ["empty"]
     assert reg.file_list() == {}
+
+
+# -- memory bounds -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 1000])
+def test_chunk_set_matches_a_set(size: int) -> None:
+    full = ChunkSet(size, full=True)
+    assert full == set(range(size)) and list(full) == list(range(size)) and len(full) == size
+    partial = ChunkSet(size)
+    wanted = set(range(0, size, 3))
+    for chunk in wanted:
+        assert partial.add(chunk)
+        assert not partial.add(chunk)
+    assert partial == wanted and list(partial) == sorted(wanted) and len(partial) == len(wanted)
+    assert size not in partial and -1 not in partial and "x" not in partial
+
+
+def test_a_peer_cannot_publish_more_than_its_quota_of_chunks() -> None:
+    reg = registry(P1, P2)
+    biggest = 1 << 18
+    for i in range(MAX_PUBLISHED_CHUNKS_PER_PEER // biggest):
+        reg.publish(P1, f"big{i}", biggest * KiB, biggest, KiB)
+    with pytest.raises(PublishRefused, match="limit"):
+        reg.publish(P1, "one-more", KiB, 1, KiB)
+    reg.publish(P2, "other-peer", KiB, 1, KiB)  # the quota is per peer
+    assert "one-more" not in reg.file_list()
