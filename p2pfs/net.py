@@ -96,11 +96,19 @@ class Connection:
         return framing.decode(await self.recv_body())
 
     def send(self, message: Message) -> None:
-        """Queue a message (no wait); call `drain` to apply back-pressure."""
-        self.writer.write(framing.encode(message))
+        """Queue a message (no wait); call `drain` to apply back-pressure. ConnectionClosed if the
+        other side is gone."""
+        self.send_raw(framing.encode(message))
 
     def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
+        # uvloop raises RuntimeError on a write to a closed transport (asyncio only logs): either way the
+        # peer is gone, which callers handle as ConnectionClosed.
+        if self.writer.is_closing():
+            raise ConnectionClosed(f"connection to {self.remote} is closed")
+        try:
+            self.writer.write(data)
+        except RuntimeError as exc:
+            raise ConnectionClosed(f"connection to {self.remote} is closed: {exc}") from None
 
     async def drain(self) -> None:
         """Wait until the written data is taken by the kernel; a reader that takes nothing for

@@ -7,6 +7,7 @@ Requests on one connection are answered in order, so a downloader can pipeline s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -59,7 +60,8 @@ class ChunkServer:
         conn = Connection(reader, writer)
         if len(self._handlers) >= MAX_CONNECTIONS:
             log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
-            conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
+            with contextlib.suppress(ConnectionClosed):
+                conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
             await conn.aclose()
             return
         self._handlers.add(task)

@@ -4,8 +4,8 @@
 The state file is a JSON header line (name, filesize, chunksize, contentid) followed by one line per
 verified chunk, `CHUNK_NUMBER SHA256HEX`, appended as chunks are written (no flush per chunk: a line lost
 in a crash only means that chunk is fetched again). On resume nothing is trusted: every chunk the log
-names is read back and hashed, against the publisher's hash when the tracker has it, else against the
-logged digest. A truncated or corrupt `.part` therefore loses only the chunks that do not match.
+names is read back and hashed against the publisher's hash. Files without publisher hashes (unverified)
+are never resumed: the same name could now stand for other bytes of the same size. A truncated or corrupt `.part` therefore loses only the chunks that do not match.
 A lock on the state file keeps two downloads from writing the same `.part`.
 """
 
@@ -63,7 +63,10 @@ class PartFile:
             raise StorageError(f"{storage.part_path(dest)} is in use by another download") from None
         try:
             header = StateHeader(name, filesize, chunk_size, content_id)
-            candidates = _read_state(state_fd, header) if storage.part_path(dest).exists() else None
+            # Only a file with a content id can be resumed: without the publisher's hashes nothing proves
+            # that the bytes on disk belong to the file now published under this name.
+            resumable = content_id is not None and storage.part_path(dest).exists()
+            candidates = _read_state(state_fd, header) if resumable else None
             if candidates is None:  # nothing to resume: a fresh state log and a fresh .part
                 os.ftruncate(state_fd, 0)
                 os.lseek(state_fd, 0, os.SEEK_SET)

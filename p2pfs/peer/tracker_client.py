@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -163,7 +164,8 @@ class TrackerClient:
     def register_chunk(self, name: str, chunk: int) -> None:
         """Tell the tracker we hold `chunk` (no reply; silently skipped while disconnected)."""
         if self._conn is not None:
-            self._conn.send(m.RequestChunkRegister(filename=name, chunknum=chunk))
+            with contextlib.suppress(ConnectionClosed):  # a lost tracker is noticed by the reader task
+                self._conn.send(m.RequestChunkRegister(filename=name, chunknum=chunk))
 
     def register_chunks(self, name: str, chunks: list[int]) -> None:
         """Register many chunks at once with the batch form (`chunknums`), in frames of REGISTER_BATCH."""
@@ -171,7 +173,8 @@ class TrackerClient:
             return
         for i in range(0, len(chunks), REGISTER_BATCH):
             batch = chunks[i : i + REGISTER_BATCH]
-            self._conn.send(m.RequestChunkRegister(filename=name, chunknum=batch[0], chunknums=batch))
+            with contextlib.suppress(ConnectionClosed):
+                self._conn.send(m.RequestChunkRegister(filename=name, chunknum=batch[0], chunknums=batch))
 
     async def _request(self, message: m.Message) -> m.AnyMessage:
         conn = self._conn
@@ -181,8 +184,8 @@ class TrackerClient:
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
         future: asyncio.Future[m.AnyMessage] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
-        conn.send(message)
         try:
+            conn.send(message)
             await conn.drain()
             return await asyncio.wait_for(asyncio.shield(future), REQUEST_TIMEOUT)
         except ConnectionClosed:

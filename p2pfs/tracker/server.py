@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from p2pfs.address import Address
@@ -65,7 +66,8 @@ class TrackerServer:
         conn = Connection(reader, writer)
         if len(self._handlers) >= MAX_CONNECTIONS:
             log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
-            conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
+            with contextlib.suppress(ConnectionClosed):
+                conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
             await conn.aclose()
             return
         self._handlers.add(task)
