@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 
 from p2pfs.address import Address
 from p2pfs.errors import P2PFSError
 from p2pfs.protocol import framing
-from p2pfs.protocol.messages import AnyMessage, Message
+from p2pfs.protocol.messages import AnyMessage, Error, Message
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -30,6 +31,9 @@ FRAME_TIMEOUT = env_seconds("P2PFS_FRAME_TIMEOUT", 30.0)
 
 #: Stream buffer limit; frames are read with readexactly, which this does not bound.
 _STREAM_LIMIT = 1 << 20
+
+
+log = logging.getLogger("p2pfs.net")
 
 
 class ConnectionClosed(P2PFSError):
@@ -58,38 +62,28 @@ class Connection:
         peername = writer.get_extra_info("peername")
         self.remote = Address(str(peername[0]), int(peername[1])) if peername else Address("?", 0)
 
-    async def recv_body(self, idle_timeout: float | None = None) -> bytes:
-        """The next frame body. ConnectionClosed at EOF, after `idle_timeout` seconds without a frame, or
-        when a started frame does not complete within FRAME_TIMEOUT; FrameTooLarge before reading an
-        oversized body."""
+    async def _read(self, length: int, timeout: float | None, timed_out: str) -> bytes:
+        """Exactly `length` bytes within `timeout`; every way of failing is ConnectionClosed."""
         try:
-            header = await asyncio.wait_for(self.reader.readexactly(framing.HEADER_SIZE), idle_timeout)
+            return await asyncio.wait_for(self.reader.readexactly(length), timeout)
         except TimeoutError:
-            raise ConnectionClosed(f"{self.remote} idle for {idle_timeout:.0f} s") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionClosed(f"connection closed by {self.remote}") from None
-        except (ConnectionError, OSError) as exc:
-            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
-        length = framing.body_length(header)
-        try:
-            return await asyncio.wait_for(self.reader.readexactly(length), FRAME_TIMEOUT)
-        except TimeoutError:
-            raise ConnectionClosed(f"{self.remote} did not complete a frame in {FRAME_TIMEOUT:.0f} s") from None
+            raise ConnectionClosed(f"{self.remote} {timed_out}") from None
         except asyncio.IncompleteReadError:
             raise ConnectionClosed(f"connection closed by {self.remote}") from None
         except (ConnectionError, OSError) as exc:
             raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
 
+    async def recv_body(self, idle_timeout: float | None = None) -> bytes:
+        """The next frame body. ConnectionClosed at EOF, after `idle_timeout` seconds without a frame, or
+        when a started frame does not complete within FRAME_TIMEOUT; FrameTooLarge before reading an
+        oversized body."""
+        header = await self._read(framing.HEADER_SIZE, idle_timeout, f"idle for {idle_timeout or 0:.0f} s")
+        length = framing.body_length(header)
+        return await self._read(length, FRAME_TIMEOUT, f"did not complete a frame in {FRAME_TIMEOUT:.0f} s")
+
     async def recv_raw(self, length: int) -> bytes:
         """Exactly `length` raw bytes (the body of a binary PEER_REPLY_CHUNK), within FRAME_TIMEOUT."""
-        try:
-            return await asyncio.wait_for(self.reader.readexactly(length), FRAME_TIMEOUT)
-        except TimeoutError:
-            raise ConnectionClosed(f"{self.remote} did not send {length} raw bytes in {FRAME_TIMEOUT:.0f} s") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionClosed(f"connection closed by {self.remote}") from None
-        except (ConnectionError, OSError) as exc:
-            raise ConnectionClosed(f"connection to {self.remote} broken: {exc}") from None
+        return await self._read(length, FRAME_TIMEOUT, f"did not send {length} raw bytes in {FRAME_TIMEOUT:.0f} s")
 
     async def recv(self) -> AnyMessage:
         """The next message, validated; ProtocolError if it does not follow the protocol."""
@@ -135,6 +129,17 @@ class Connection:
         self.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+
+async def refuse_if_full(conn: Connection, open_connections: int, limit: int) -> bool:
+    """At the connection limit: tell the newcomer why, close it, and return True."""
+    if open_connections < limit:
+        return False
+    log.warning("refusing %s: %d connections already (the limit)", conn.remote, limit)
+    with contextlib.suppress(ConnectionClosed):
+        conn.send(Error(message=f"too many connections (limit {limit})"))
+    await conn.aclose()
+    return True
 
 
 async def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> Connection:

@@ -7,14 +7,13 @@ Requests on one connection are answered in order, so a downloader can pipeline s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed, env_seconds
+from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
@@ -58,11 +57,7 @@ class ChunkServer:
         task = asyncio.current_task()
         assert task is not None
         conn = Connection(reader, writer)
-        if len(self._handlers) >= MAX_CONNECTIONS:
-            log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
-            with contextlib.suppress(ConnectionClosed):
-                conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
-            await conn.aclose()
+        if await refuse_if_full(conn, len(self._handlers), MAX_CONNECTIONS):
             return
         self._handlers.add(task)
         try:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed, env_seconds
+from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 from p2pfs.tracker.registry import PublishRefused, Registry
@@ -64,11 +63,7 @@ class TrackerServer:
         task = asyncio.current_task()
         assert task is not None
         conn = Connection(reader, writer)
-        if len(self._handlers) >= MAX_CONNECTIONS:
-            log.warning("refusing %s: %d connections already (the limit)", conn.remote, MAX_CONNECTIONS)
-            with contextlib.suppress(ConnectionClosed):
-                conn.send(m.Error(message=f"too many connections (limit {MAX_CONNECTIONS})"))
-            await conn.aclose()
+        if await refuse_if_full(conn, len(self._handlers), MAX_CONNECTIONS):
             return
         self._handlers.add(task)
         try:
