@@ -161,6 +161,7 @@ class Download:
         self._part = part
         ok = False
         resumed: list[int] = []
+        resumable = location.contentid is not None  # see PartFile: unverified files are never resumed
         try:
             if part.candidates:
                 resumed = await asyncio.to_thread(part.verify_resumed, expected)
@@ -175,7 +176,7 @@ class Download:
                 try:
                     await self._download_all()
                 except NoSourceForChunk as exc:
-                    if not shared.have:
+                    if not (shared.have and resumable):
                         raise
                     kept = f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
                     raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
@@ -185,7 +186,7 @@ class Download:
             await self._close_holders()
             if not ok:
                 self.library.pop(self.name, None)
-                if shared.have:
+                if shared.have and resumable:
                     part.keep_for_resume()
                 else:
                     part.discard()
