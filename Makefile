@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean lint
+.PHONY: demo test install clean lint faults bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+faults: $(STAMP)
+	$(BIN)/python -m tests.faults.trials --trials 120 --report docs/RELIABILITY.md
+
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff mypy
 	$(BIN)/ruff check p2pfs tests
 	$(BIN)/mypy p2pfs
+
+# Benchmarks (never part of `make test`): figures and ratios printed, the table appended to
+# bench/RESULTS.md. libtorrent, the yardstick, lives in its own venv so it never touches .venv.
+LT_VENV  := bench/.venv-lt
+LT_STAMP := $(LT_VENV)/.installed
+
+$(LT_STAMP):
+	$(PYTHON) -m venv $(LT_VENV)
+	$(LT_VENV)/bin/python -m pip install --quiet libtorrent==2.1.1
+	touch $(LT_STAMP)
+
+bench: $(STAMP) $(LT_STAMP)
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -63,9 +63,14 @@ class Connection:
         self.remote = Address(str(peername[0]), int(peername[1])) if peername else Address("?", 0)
 
     async def _read(self, length: int, timeout: float | None, timed_out: str) -> bytes:
-        """Exactly `length` bytes within `timeout`; every way of failing is ConnectionClosed."""
+        """Exactly `length` bytes within `timeout`; every way of failing is ConnectionClosed.
+
+        Timeouts here and on the transfer path use `asyncio.timeout`, not `wait_for`: on Python 3.11
+        `wait_for` returns a result that lands in the same loop iteration as a cancellation and swallows
+        the cancellation, which left a cancelled download worker waiting for ever."""
         try:
-            return await asyncio.wait_for(self.reader.readexactly(length), timeout)
+            async with asyncio.timeout(timeout):
+                return await self.reader.readexactly(length)
         except TimeoutError:
             raise ConnectionClosed(f"{self.remote} {timed_out}") from None
         except asyncio.IncompleteReadError:
@@ -108,7 +113,8 @@ class Connection:
         """Wait until the written data is taken by the kernel; a reader that takes nothing for
         FRAME_TIMEOUT seconds is treated as gone."""
         try:
-            await asyncio.wait_for(self.writer.drain(), FRAME_TIMEOUT)
+            async with asyncio.timeout(FRAME_TIMEOUT):
+                await self.writer.drain()
         except TimeoutError:
             self.close()
             raise ConnectionClosed(f"{self.remote} stopped reading for {FRAME_TIMEOUT:.0f} s") from None

@@ -133,6 +133,8 @@ class Download:
         #: holders that sent a corrupt chunk: never asked again during this download
         self._banned: set[Address] = set()
         self._bytes_done = 0
+        #: set when the download ends: workers stop at their next step even if a cancellation was lost
+        self._closing = False
 
     async def run(self) -> DownloadResult:
         started = time.monotonic()
@@ -280,7 +282,8 @@ class Download:
             conn = await connect(address, PING_TIMEOUT)
             try:
                 sent = time.monotonic()
-                reply = await asyncio.wait_for(conn.request(m.PeerPingPong()), PING_TIMEOUT)
+                async with asyncio.timeout(PING_TIMEOUT):
+                    reply = await conn.request(m.PeerPingPong())
                 rtt = time.monotonic() - sent
                 if not isinstance(reply, m.PeerPingPong):
                     raise ProtocolError("holder did not answer PEER_PING_PONG")
@@ -304,6 +307,8 @@ class Download:
         self._notify()
 
     async def _close_holders(self) -> None:
+        self._closing = True
+        self._notify()
         tasks = [h.task for h in self._holders.values() if h.task is not None]
         tasks += list(self._connecting.values())
         for task in tasks:
@@ -318,7 +323,7 @@ class Download:
         picker = self._picker
         outstanding: list[int] = []  # in request order; replies come in the same order
         try:
-            while not picker.complete:
+            while not picker.complete and not self._closing:
                 while len(outstanding) < holder.window:
                     chunk = picker.pick(holder.address)
                     if chunk is None:
@@ -332,7 +337,8 @@ class Download:
                     await self._changed.wait()
                     continue
                 await holder.conn.drain()
-                reply = await asyncio.wait_for(holder.conn.recv(), CHUNK_TIMEOUT)
+                async with asyncio.timeout(CHUNK_TIMEOUT):
+                    reply = await holder.conn.recv()
                 data = await self._chunk_data(holder, reply)
                 chunk = outstanding.pop(0)
                 self._receive(holder, chunk, reply, data)

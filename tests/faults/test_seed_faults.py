@@ -21,7 +21,9 @@ CHUNK = 64 * 1024
 
 
 def share(procs: Callable[..., Proc], tracker: str, path: Path, env: dict[str, str] | None = None) -> Proc:
-    proc = procs("share", str(path), "--tracker", tracker, "--host", "127.0.0.1", "--chunk-size", "64K", env=env)
+    proc = procs(
+        "share", str(path), "--tracker", tracker, "--host", "127.0.0.1", "--chunk-size", "64K", env=env
+    )
     proc.listening()
     proc.expect(rf"published {path.name} ")
     return proc
@@ -47,10 +49,22 @@ def test_holder_killed_mid_transfer_others_take_over(
     src = make_file(tmp_path / "f.bin", CHUNKS * CHUNK - 123, seed=3)
     first = share(procs, taddr, src, env=SLOW)
     (tmp_path / "b").mkdir()
-    second = procs("get", "f.bin", str(tmp_path / "b" / "f.bin"), "--tracker", taddr, "--seed", "--host", "127.0.0.1")
+    second = procs(
+        "get", "f.bin", str(tmp_path / "b" / "f.bin"), "--tracker", taddr, "--seed", "--host", "127.0.0.1"
+    )
     second.expect("seeding f.bin")
     # `second` is fast, `first` slow: kill the fast one so the slow one must carry the rest
-    downloader = procs("get", "f.bin", str(tmp_path / "out.bin"), "--tracker", taddr, "--json", "--host", "127.0.0.1", env=SLOW)
+    downloader = procs(
+        "get",
+        "f.bin",
+        str(tmp_path / "out.bin"),
+        "--tracker",
+        taddr,
+        "--json",
+        "--host",
+        "127.0.0.1",
+        env=SLOW,
+    )
     progress_at_least(downloader, 5)
     second.kill9()
     assert downloader.wait(120) == 0, downloader.stderr
@@ -140,7 +154,17 @@ def test_tracker_restart_is_invisible(tmp_path: Path, procs: Callable[..., Proc]
     src = make_file(tmp_path / "r.bin", 20 * CHUNK, seed=21)
     sharer = share(procs, taddr, src)
     (tmp_path / "g").mkdir()
-    getter = procs("get", "r.bin", str(tmp_path / "g" / "r.bin"), "--tracker", taddr, "--seed", "--json", "--host", "127.0.0.1")
+    getter = procs(
+        "get",
+        "r.bin",
+        str(tmp_path / "g" / "r.bin"),
+        "--tracker",
+        taddr,
+        "--seed",
+        "--json",
+        "--host",
+        "127.0.0.1",
+    )
     seeding = getter.expect(r'"event": "seeding"')
     getter_addr = json.loads(seeding.string)["address"]
     first.kill9()
@@ -158,7 +182,9 @@ def test_tracker_restart_is_invisible(tmp_path: Path, procs: Callable[..., Proc]
                 break
         assert time.monotonic() < end, f"list not rebuilt: {listing}"
     assert sharer.popen.poll() is None
-    got = run("get", "r.bin", str(tmp_path / "again.bin"), "--tracker", taddr, "--json", "--host", "127.0.0.1")
+    got = run(
+        "get", "r.bin", str(tmp_path / "again.bin"), "--tracker", taddr, "--json", "--host", "127.0.0.1"
+    )
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "again.bin").read_bytes() == src.read_bytes()
 
