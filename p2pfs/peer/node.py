@@ -113,7 +113,7 @@ class Peer:
     async def download(
         self, name: str, dest: Path, on_progress: Callable[[Progress], None] | None = None
     ) -> DownloadResult:
-        return await Download(
+        result = await Download(
             self.tracker,
             self.library,
             name,
@@ -122,3 +122,11 @@ class Peer:
             on_progress=on_progress,
             raw=self.raw,
         ).run()
+        if result.content_id is not None:
+            # Now a complete holder: publish (joining the listed file) so the tracker counts this copy
+            # whole even if a chunk registration was lost, or if the file was delisted meanwhile.
+            try:
+                await self._publish_to_tracker(self.library[name])
+            except (TrackerError, TrackerUnavailable) as exc:
+                log.info("could not announce the finished %s: %s", name, exc)
+        return result
