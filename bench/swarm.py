@@ -1,0 +1,106 @@
+"""Benchmark 3, one source and a swarm: `p2pfs share` of a 512 MiB file, then four (and then eight)
+`p2pfs get --json --seed` started together, so downloaders also serve each other.
+
+A downloader is complete when it prints its `done` event; the makespan is the last completion minus the
+moment the first `get` was started. The reference is the time the local limit (benchmark 1, same run)
+takes for the same bytes: the fastest any one copy could be made.
+"""
+
+from __future__ import annotations
+
+from bench import local_limit
+from bench.common import (
+    TRANSFER_TIMEOUT,
+    BenchError,
+    Context,
+    Figure,
+    MiB,
+    check_file,
+    child_env,
+    children,
+    median,
+    p2pfs_get,
+    remove,
+    repeat,
+    size_label,
+    start_share,
+    start_tracker,
+)
+
+BENCH = "3 swarm"
+SIZE = 512 * MiB
+QUICK_SIZE = 64 * MiB
+#: Downloaders per swarm, and the makespan target for each (seconds, at SIZE).
+TARGETS = {4: 3.0, 8: 6.0}
+
+
+def size_for(ctx: Context) -> int:
+    return QUICK_SIZE if ctx.quick else SIZE
+
+
+def swarm_once(ctx: Context, tracker: str, name: str, size: int, downloaders: int, run: int) -> float:
+    """Start `downloaders` gets at once; the makespan in seconds."""
+    work = ctx.dir(f"swarm-{downloaders}-{run}")
+    dests = [work / f"dl{i}" / name for i in range(downloaders)]
+    for dest in dests:
+        dest.parent.mkdir()
+    with children() as procs:
+        for dest in dests:
+            procs.append(p2pfs_get(name, dest, tracker, "--json", "--seed", env=child_env()))
+        start = procs[0].started
+        done = []
+        for get in procs:
+            done.append(get.expect_event("done", TRANSFER_TIMEOUT)[0])
+        makespan = max(done) - start
+        for get in procs:
+            # `seeding` comes once get has installed its signal handlers: a SIGTERM before it would
+            # kill the process instead of stopping it cleanly
+            get.expect_event("seeding", 30)
+            if get.stop() != 0:
+                raise BenchError(f"a seeding get did not stop cleanly: {get.describe()}")
+    for dest in dests:
+        check_file(dest, size)
+    remove(work)
+    return makespan
+
+
+def measure(ctx: Context, downloaders: int) -> list[float]:
+    """Makespans (s) of one source to `downloaders`, one per run; measured once per suite run."""
+
+    def all_runs() -> list[float]:
+        size = size_for(ctx)
+        src = ctx.source(size)
+        ctx.ensure_room(size * downloaders, f"{downloaders} copies")
+        print(f"  swarm: 1 source → {downloaders} downloaders, {size_label(size)}", flush=True)
+        with children() as procs:
+            tracker = start_tracker(procs)
+            start_share(procs, src, tracker, child_env())
+            return repeat(
+                ctx.runs,
+                lambda i: swarm_once(ctx, tracker, src.name, size, downloaders, i),
+                f"1→{downloaders} makespan s",
+            )
+
+    return ctx.memo(f"swarm:{downloaders}", all_runs)
+
+
+def run(ctx: Context) -> None:
+    local = local_limit.measure(ctx)
+    size = size_for(ctx)
+    local_seconds = size / MiB / local
+    for downloaders, target in TARGETS.items():
+        samples = measure(ctx, downloaders)
+        value = median(samples)
+        ctx.add(
+            Figure(
+                BENCH,
+                f"1→{downloaders} makespan, {size_label(size)}",
+                value,
+                "s",
+                samples,
+                ratio=value / local_seconds,
+                ratio_of=f"× local-limit time {local_seconds:.2f} s",
+                target=f"≤ {target:.1f} s" + ("" if size == SIZE else f" (at {size_label(SIZE)})"),
+                met=value <= target if size == SIZE else None,
+            )
+        )
