@@ -99,7 +99,7 @@ class Connection:
         other side is gone."""
         self.send_raw(framing.encode(message))
 
-    def send_raw(self, data: bytes) -> None:
+    def send_raw(self, data: bytes | bytearray) -> None:
         # uvloop raises RuntimeError on a write to a closed transport (asyncio only logs): either way the
         # peer is gone, which callers handle as ConnectionClosed.
         if self.writer.is_closing():

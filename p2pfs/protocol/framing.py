@@ -29,7 +29,7 @@ class _TypeOnly(msgspec.Struct):
 _type_decoder = msgspec.json.Decoder(_TypeOnly)
 
 
-def encode(message: Message) -> bytes:
+def encode(message: Message) -> bytearray:
     """The whole frame (length prefix and JSON body) for `message`; FrameTooLarge if the body would exceed
     MAX_FRAME_SIZE (the receiver would refuse it)."""
     buf = bytearray(HEADER_SIZE)
@@ -37,7 +37,7 @@ def encode(message: Message) -> bytes:
     if len(buf) - HEADER_SIZE > MAX_FRAME_SIZE:
         raise FrameTooLarge(f"{type(message).__name__} of {len(buf) - HEADER_SIZE} bytes exceeds the frame limit")
     HEADER.pack_into(buf, 0, len(buf) - HEADER_SIZE)
-    return bytes(buf)
+    return buf  # no bytes() copy: a 1.4 MB base64 chunk frame would be copied once more per chunk
 
 
 def encode_body(message: Message) -> bytes:
