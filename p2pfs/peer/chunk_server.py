@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full
+from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full, serve
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
@@ -40,7 +40,7 @@ class ChunkServer:
         self.served: Counter[tuple[str, str]] = Counter()
 
     async def start(self, host: str, port: int) -> Address:
-        self._server = await asyncio.start_server(self._on_connect, host, port)
+        self._server = await serve(self._on_connect, host, port)
         sockname = self._server.sockets[0].getsockname()
         self.address = Address(host or str(sockname[0]), int(sockname[1]))
         return self.address
@@ -53,10 +53,9 @@ class ChunkServer:
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, conn: Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(reader, writer)
         if await refuse_if_full(conn, len(self._handlers), MAX_CONNECTIONS):
             return
         self._handlers.add(task)

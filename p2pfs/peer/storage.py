@@ -88,13 +88,22 @@ class ChunkFile:
             raise StorageError(f"{self.path}: short read of chunk {chunk} (file changed on disk?)")
         return data
 
-    def write_chunk(self, chunk: int, data: bytes | memoryview, digest: str) -> None:
-        view = memoryview(data)
-        offset = chunk * self.chunk_size
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
-            offset += written
+    def write_chunk(self, chunk: int, data: bytes | bytearray | memoryview, digest: str) -> None:
+        self.write_at(chunk, data)
+        self.mark(chunk, digest)
+
+    def write_at(self, chunk: int, data: bytes | bytearray | memoryview) -> None:
+        """Write a chunk's bytes in place (I/O only: safe in a worker thread; `mark` it afterwards)."""
+        with memoryview(data) as whole:
+            view = whole
+            offset = chunk * self.chunk_size
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+
+    def mark(self, chunk: int, digest: str) -> None:
+        """Record a written, verified chunk as held (from the event loop's thread)."""
         self.have.add(chunk)
         self.digests[chunk] = digest
 

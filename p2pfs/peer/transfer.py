@@ -2,8 +2,10 @@
 
 It asks the tracker where the chunks are, pings every holder for its RTT, then keeps each reachable
 holder busy with a window of pipelined PEER_REQUEST_CHUNKs (sized by `window`), choosing chunks with the
-`picker`. Every chunk is checked against its SHA-256 before it is written to `DEST.part` and registered
-with the tracker; `DEST.part` becomes `DEST` only when every chunk is verified. A holder that dies or
+`picker`. Raw chunk bytes are read from the socket straight into a pooled buffer; worker threads hash
+them (SHA-256 releases the GIL) and write the verified ones to `DEST.part` while the event loop goes on
+receiving. Only then is a chunk marked held and registered with the tracker; `DEST.part` becomes `DEST`
+only when every chunk is verified. A holder that dies or
 times out gives its chunks back to the pool; locations are refreshed from the tracker while downloading.
 """
 
@@ -13,9 +15,11 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +56,12 @@ REFRESH_INTERVAL_MIN = 0.25
 REFRESH_INTERVAL = 2.0
 #: A holder that failed is not tried again for this long (the tracker may still list it briefly).
 RETRY_DEAD_AFTER = 10.0
+#: Threads that hash and write received chunks (hashlib and os.pwrite release the GIL, so they run
+#: beside the event loop; two keep both cores of a small machine busy).
+VERIFY_THREADS = 2
+#: Receive buffers per download, in bytes: chunks being read or waiting for a verify thread. Bounds the
+#: memory a download uses whatever the file size (at least 3 buffers, whatever the chunk size).
+BUFFER_BYTES = 8 << 20
 
 
 @dataclass
@@ -86,6 +96,28 @@ class DownloadResult:
 
 class CorruptChunk(ProtocolError):
     """A holder sent bytes that do not match the chunk's hash."""
+
+
+class BufferPool:
+    """Reusable receive buffers of one chunk size, allocated on first use, at most `count` at a time."""
+
+    def __init__(self, size: int, count: int) -> None:
+        self.size = size
+        self._free: list[bytearray] = []
+        self._slots = asyncio.Semaphore(count)
+
+    async def acquire(self) -> bytearray:
+        await self._slots.acquire()
+        return self._free.pop() if self._free else bytearray(self.size)
+
+    def release(self, buf: bytearray) -> None:
+        self._free.append(buf)
+        self._slots.release()
+
+
+#: what a verify thread found: the chunk's digest and whether this copy was written (False: it was an
+#: end-game duplicate, another copy already claimed the chunk), or None: the bytes do not match
+_Verified = tuple[str, bool] | None
 
 
 @dataclass
@@ -135,6 +167,15 @@ class Download:
         self._bytes_done = 0
         #: set when the download ends: workers stop at their next step even if a cancellation was lost
         self._closing = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool: BufferPool | None = None
+        #: chunks a verify thread has claimed for writing (the first verified copy wins)
+        self._claimed: set[int] = set()
+        self._claim_lock = threading.Lock()
+        #: verifications not yet settled (awaited before the file is closed: a thread may be writing)
+        self._verifying: set[asyncio.Future[_Verified]] = set()
+        #: set when the download cannot go on whatever the holders do (a chunk cannot be written)
+        self._failure: P2PFSError | None = None
 
     async def run(self) -> DownloadResult:
         started = time.monotonic()
@@ -161,6 +202,9 @@ class Download:
         part = PartFile.open(dest, self.name, filesize, chunk_size, location.contentid)
         self._file = shared = part.shared
         self._part = part
+        self._claimed = set(shared.have)
+        self._pool = BufferPool(chunk_size, max(3, BUFFER_BYTES // chunk_size))
+        self._executor = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pfs-verify")
         ok = False
         resumed: list[int] = []
         resumable = location.contentid is not None  # see PartFile: unverified files are never resumed
@@ -186,6 +230,7 @@ class Download:
             ok = True
         finally:
             await self._close_holders()
+            self._executor.shutdown(wait=True)
             if not ok:
                 self.library.pop(self.name, None)
                 if shared.have and resumable:
@@ -215,7 +260,12 @@ class Download:
         last_refresh = time.monotonic()
         interval = min(REFRESH_INTERVAL_MIN, self.refresh_interval)
         while not picker.complete:
+            if self._failure is not None:
+                raise self._failure
             if not picker.can_progress() and not self._connecting:
+                if self._verifying:  # chunks received from a holder that has gone may still complete
+                    await asyncio.wait(list(self._verifying))
+                    continue
                 # Nothing can move with what we know: ask the tracker once more before giving up.
                 if not await self._refresh() and not self._connecting and not picker.can_progress():
                     raise NoSourceForChunk(self.name, picker.missing())
@@ -317,6 +367,9 @@ class Download:
         for holder in self._holders.values():
             holder.conn.close()
         self._holders.clear()
+        # A verify thread may still be writing into the file: let it finish before the file is closed.
+        while self._verifying:
+            await asyncio.wait(list(self._verifying))
 
     # -- one holder ----------------------------------------------------------------------------
     async def _fetch_from(self, holder: _Holder) -> None:
@@ -339,9 +392,8 @@ class Download:
                 await holder.conn.drain()
                 async with asyncio.timeout(CHUNK_TIMEOUT):
                     reply = await holder.conn.recv()
-                data = await self._chunk_data(holder, reply)
                 chunk = outstanding.pop(0)
-                self._receive(holder, chunk, reply, data)
+                await self._receive(holder, chunk, reply)
         except CorruptChunk as exc:
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
             log.warning("holder %s %s; dropped for this file", holder.address, exc)
@@ -360,50 +412,106 @@ class Download:
             if picker.complete or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
 
-    async def _chunk_data(self, holder: _Holder, reply: m.AnyMessage) -> bytes | None:
-        """The chunk's bytes: from base64 `data`, or read raw after the header (binary fast path)."""
-        if not isinstance(reply, m.PeerReplyChunk):
-            return None
-        if reply.rawlength is None:
-            return reply.data
-        if not self.raw:
-            raise ProtocolError(f"holder {holder.address} sent raw bytes that were not asked for")
-        return await holder.conn.recv_raw(reply.rawlength)
-
-    def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage, data: bytes | None) -> None:
-        picker = self._picker
-        shared = self._file
-        assert shared is not None
+    async def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage) -> None:
+        """Take one reply to a chunk request; its bytes go to a verify thread, settled by `_settle`."""
+        shared, pool, executor = self._file, self._pool, self._executor
+        assert shared is not None and pool is not None and executor is not None
         if isinstance(reply, m.Error):
             log.info("holder %s cannot give chunk %d: %s", holder.address, chunk, reply.message)
-            picker.failed(chunk, holder.address)
+            self._picker.failed(chunk, holder.address)
             self._notify()
             return
-        if (
-            not isinstance(reply, m.PeerReplyChunk)
-            or data is None
-            or reply.chunknum != chunk
-            or reply.filename != self.name
-        ):
+        if not isinstance(reply, m.PeerReplyChunk) or reply.chunknum != chunk or reply.filename != self.name:
             raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with {_describe(reply)}")
-        digest = hashlib.sha256(data).hexdigest()
-        holder.meter.delivered(len(data), time.monotonic())
+        length = shared.chunk_length(chunk)
+        buf: bytearray | None = None
+        if reply.rawlength is not None:
+            if not self.raw:
+                raise ProtocolError(f"holder {holder.address} sent raw bytes that were not asked for")
+            if reply.rawlength != length:
+                raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")  # (wrong length)
+            buf = await pool.acquire()
+            try:
+                await holder.conn.recv_raw_into(memoryview(buf)[:length])
+            except BaseException:
+                pool.release(buf)
+                raise
+            data: bytes | memoryview = memoryview(buf)[:length]
+        else:
+            assert reply.data is not None
+            data = reply.data
+            if len(data) != length:
+                raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")  # (wrong length)
+        holder.meter.delivered(length, time.monotonic())
         if holder.meter.rate is not None:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
         # The publisher's hash is the truth when the tracker has it; else the seed's rule: the reply's digest.
         want = self._expected[chunk] if self._expected is not None else reply.digest.lower()
-        if len(data) != shared.chunk_length(chunk) or digest != want:
-            raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")
-        if not picker.completed(chunk):
-            return  # an end-game duplicate; the first copy already arrived
-        shared.write_chunk(chunk, data, digest)
-        assert self._part is not None
-        self._part.record(chunk, digest)
-        self._bytes_done += len(data)
+        future = asyncio.get_running_loop().run_in_executor(executor, self._verify_and_write, chunk, data, want)
+        self._verifying.add(future)
+        future.add_done_callback(lambda f: self._settle(f, holder, chunk, length, buf))
+
+    def _verify_and_write(self, chunk: int, data: bytes | memoryview, want: str) -> _Verified:
+        """In a verify thread: hash the chunk and, if it is the first good copy, write it in place."""
+        shared = self._file
+        assert shared is not None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != want:
+            return None
+        with self._claim_lock:
+            first = chunk not in self._claimed
+            self._claimed.add(chunk)
+        if first:
+            shared.write_at(chunk, data)
+        return digest, first
+
+    def _settle(
+        self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int, buf: bytearray | None
+    ) -> None:
+        """Back on the event loop: a verified, written chunk becomes held and is announced; a corrupt one
+        drops its holder."""
+        self._verifying.discard(future)
+        if buf is not None:
+            assert self._pool is not None
+            self._pool.release(buf)
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:  # the write failed (disk full, ...): the download cannot go on
+            if not self._closing:
+                self._fail(error)
+            return
+        result = future.result()
+        if result is None:
+            if holder.address in self._banned:
+                return  # another of its pipelined chunks was already found corrupt
+            # A holder that lies once is not asked again for this file; its chunks go to other holders.
+            log.warning("holder %s sent a corrupt chunk %d of %s; dropped for this file", holder.address, chunk, self.name)
+            self._banned.add(holder.address)
+            if holder.task is not None:
+                holder.task.cancel()
+            self._drop(holder)
+            return
+        digest, written = result
+        if not written or self._closing:
+            return  # an end-game duplicate (the first copy was written), or the download is over
+        shared, part = self._file, self._part
+        assert shared is not None and part is not None
+        self._picker.completed(chunk)
+        shared.mark(chunk, digest)
+        part.record(chunk, digest)
+        self._bytes_done += length
         self.sources[holder.address] += 1
         self.tracker.register_chunk(self.name, chunk)
         self._notify()
         self._report()
+
+    def _fail(self, error: BaseException) -> None:
+        shared = self._file
+        where = shared.path if shared is not None else self.dest
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        self._failure = storage.StorageError(f"cannot write to {where}: {reason}")
+        self._notify()
 
     def _drop(self, holder: _Holder) -> None:
         if self._holders.get(holder.address) is holder:

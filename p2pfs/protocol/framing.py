@@ -45,14 +45,14 @@ def encode_body(message: Message) -> bytes:
     return _encoder.encode(message)
 
 
-def frame(body: bytes) -> bytes:
+def frame(body: bytes | bytearray) -> bytes:
     """Prefix an already-encoded body with its length."""
     if len(body) > MAX_FRAME_SIZE:
         raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {MAX_FRAME_SIZE}")
     return HEADER.pack(len(body)) + body
 
 
-def body_length(header: bytes) -> int:
+def body_length(header: bytes | bytearray) -> int:
     """The body length announced by a 4-byte header; FrameTooLarge above MAX_FRAME_SIZE."""
     (length,) = HEADER.unpack(header)
     if length > MAX_FRAME_SIZE:

@@ -7,7 +7,7 @@ import logging
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full
+from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full, serve
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 from p2pfs.tracker.registry import PublishRefused, Registry
@@ -38,7 +38,7 @@ class TrackerServer:
 
     async def start(self, host: str, port: int) -> Address:
         """Listen on host:port (port 0 picks a free one); return the address actually bound."""
-        self._server = await asyncio.start_server(self._on_connect, host, port)
+        self._server = await serve(self._on_connect, host, port)
         sockname = self._server.sockets[0].getsockname()
         self.address = Address(host or str(sockname[0]), int(sockname[1]))
         log.info("listening on %s", self.address)
@@ -59,10 +59,9 @@ class TrackerServer:
         """(registered address, connection's remote address) of every registered peer."""
         return sorted((addr, conn.remote) for conn, addr in self._address_of.items())
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _on_connect(self, conn: Connection) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(reader, writer)
         if await refuse_if_full(conn, len(self._handlers), MAX_CONNECTIONS):
             return
         self._handlers.add(task)
