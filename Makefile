@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean lint faults bench
+.PHONY: demo test install clean lint faults bench swarm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ $(LT_STAMP):
 
 bench: $(STAMP) $(LT_STAMP)
 	$(BIN)/python -m bench.run
+
+# 1 seeder + 8 downloaders in network namespaces, uplinks shaped to 100 Mbit/s (needs root, iproute2, tc tbf)
+swarm: $(STAMP) $(LT_STAMP)
+	$(BIN)/python -m bench.netswarm
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -38,6 +38,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ class PeerConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.lost += 1
 
-    def send(self, blob: bytes, kinds: tuple[str, ...]) -> None:
+    def send(self, blob: bytes | bytearray, kinds: tuple[str, ...]) -> None:
         now = time.perf_counter()
         self.expected.extend((kind, now) for kind in kinds)
         assert self.transport is not None
@@ -315,7 +316,7 @@ class Driver:
         self.result["list_reply_bytes"] = self.stats.reply_bytes["LIST"] / max(1, len(lat))
         self.check("unloaded")
 
-    async def closed_loop(self, rounds: list[list[tuple[bytes, tuple[str, ...], int]]]) -> tuple[float, int]:
+    async def closed_loop(self, rounds: Sequence[Sequence[tuple[bytes | bytearray, tuple[str, ...], int]]]) -> tuple[float, int]:
         """Every peer sends its rounds back to back; (seconds from first send to last reply, messages)."""
         loop = asyncio.get_running_loop()
         finished = loop.create_future()

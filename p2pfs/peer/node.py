@@ -94,7 +94,7 @@ class Peer:
                 await self._publish_to_tracker(known)
             except TrackerError:
                 location = await self.tracker.locations(name)
-                if len(location.chunkinfo.get(str(self.self_address), ())) != known.chunk_count:
+                if len(location.holder_chunks().get(str(self.self_address), ())) != known.chunk_count:
                     raise
             return known
         shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)

@@ -154,7 +154,7 @@ class TrackerClient:
         return reply
 
     async def locations(self, name: str) -> m.ReplyFileLocation:
-        reply = await self._request(m.RequestFileLocation(filename=name))
+        reply = await self._request(m.RequestFileLocation(filename=name, ranges=True))
         if isinstance(reply, m.Error):
             raise FileNotPublished(f"{name!r} is not listed by the tracker ({reply.message})")
         if not isinstance(reply, m.ReplyFileLocation):

@@ -218,7 +218,7 @@ class Download:
                 self.tracker.register_chunks(self.name, resumed)
             self._picker = Picker(chunk_count, have=shared.have)
             if not self._picker.complete:
-                await self._add_holders(location.chunkinfo)
+                await self._add_holders(location.holder_chunks())
                 try:
                     await self._download_all()
                 except NoSourceForChunk as exc:
@@ -286,7 +286,7 @@ class Download:
         except (TrackerUnavailable, FileNotPublished) as exc:
             log.debug("location refresh for %s failed: %s", self.name, exc)
             return False
-        return await self._add_holders(location.chunkinfo)
+        return await self._add_holders(location.holder_chunks())
 
     async def _add_holders(self, chunkinfo: dict[str, list[int]]) -> bool:
         """Record availability; ping and start workers for new holders. True if anything was new."""

@@ -40,6 +40,12 @@ def encode(message: Message) -> bytearray:
     return buf  # no bytes() copy: a 1.4 MB base64 chunk frame would be copied once more per chunk
 
 
+def raw_json(value: object) -> msgspec.Raw:
+    """`value` encoded once, to be placed as it is inside later messages (msgspec copies a Raw verbatim):
+    for parts of replies that are sent many times over, such as a holder's chunk numbers."""
+    return msgspec.Raw(_encoder.encode(value))
+
+
 def encode_body(message: Message) -> bytes:
     """The JSON body alone (no length prefix)."""
     return _encoder.encode(message)

@@ -7,6 +7,7 @@ fields), and we accept messages that lack them.
 
 from __future__ import annotations
 
+import itertools
 from typing import Annotated
 
 import msgspec
@@ -96,8 +97,13 @@ class ReplyFileList(Message, tag="REPLY_FILE_LIST", omit_defaults=True):
     contentids: dict[str, str] | None = None
 
 
-class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION"):
-    pass
+class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults=True):
+    # extension: the asker understands `chunkranges`; the tracker may answer with ranges instead of lists
+    ranges: bool = False
+
+
+#: [first, end) chunk numbers: a run of consecutive chunks (end excluded).
+ChunkRange = tuple[ChunkNumber, Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNKS)]]
 
 
 class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
@@ -109,6 +115,19 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     # extensions: the publisher's chunk hashes (as in REQUEST_PUBLISH) and the content id derived from them
     chunkhashes: bytes | None = None
     contentid: str | None = None
+    # extension, only to a request with `ranges`: each holder's chunks as runs [first, end); `chunkinfo`
+    # is then empty. A complete holder of a 100 GiB file is `[[0, 102400]]`, not 102,400 numbers.
+    chunkranges: dict[str, list[ChunkRange]] | None = None
+
+    def holder_chunks(self) -> dict[str, list[int]]:
+        """Each holder's chunk numbers, whichever form the tracker used (ranges are checked: ProtocolError
+        is not raised here; a run with end <= first is simply empty)."""
+        if self.chunkranges is None:
+            return self.chunkinfo
+        return {
+            holder: list(itertools.chain.from_iterable(itertools.starmap(range, runs)))
+            for holder, runs in self.chunkranges.items()
+        }
 
 
 class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaults=True):

@@ -8,8 +8,11 @@ incomplete.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from p2pfs.address import Address
 from p2pfs.protocol import hashes
@@ -20,12 +23,18 @@ from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNKS
 #: connection cannot buy unbounded memory with a few small frames.
 MAX_PUBLISHED_CHUNKS_PER_PEER = 4 * MAX_CHUNKS
 
+T = TypeVar("T")
+
 
 class ChunkSet:
     """The chunk numbers one holder has, as a bitmap (1 bit per chunk; a set of ints costs ~40 bytes each).
-    Compares equal to a set of the same numbers."""
+    Compares equal to a set of the same numbers.
 
-    __slots__ = ("_bits", "_count", "_size")
+    `numbers()` and `runs()` work at C speed (the bitmap as one big int, its binary digits scanned by
+    `bytes.translate`/`re`), and `memo` keeps values derived from the set (such as its encoded form in a
+    reply) until the set changes: a tracker answers the same locations many times between changes."""
+
+    __slots__ = ("_bits", "_count", "_memo", "_size")
 
     def __init__(self, size: int, full: bool = False) -> None:
         self._size = size
@@ -33,6 +42,7 @@ class ChunkSet:
         if full and size % 8:
             self._bits[-1] = (1 << (size % 8)) - 1
         self._count = size if full else 0
+        self._memo: dict[str, object] = {}
 
     def add(self, chunk: int) -> bool:
         """Add `chunk`; True if it was not there."""
@@ -41,7 +51,17 @@ class ChunkSet:
             return False
         self._bits[byte] |= 1 << bit
         self._count += 1
+        if self._memo:
+            self._memo.clear()
         return True
+
+    def memo(self, key: str, make: Callable[[ChunkSet], T]) -> T:
+        """`make(self)`, computed once until the set changes."""
+        try:
+            return self._memo[key]  # type: ignore[return-value]
+        except KeyError:
+            value = self._memo[key] = make(self)
+            return value
 
     def __contains__(self, chunk: object) -> bool:
         if not isinstance(chunk, int) or not 0 <= chunk < self._size:
@@ -51,16 +71,26 @@ class ChunkSet:
     def __len__(self) -> int:
         return self._count
 
-    def __iter__(self) -> Iterator[int]:
+    def _digits(self) -> bytes:
+        """One byte per chunk, b"1" held / b"0" not, lowest chunk first (trailing zeros omitted)."""
+        value = int.from_bytes(self._bits, "little")
+        return format(value, "b").encode("ascii")[::-1] if value else b""
+
+    def numbers(self) -> list[int]:
+        """The chunk numbers held, ascending."""
         if self._count == self._size:
-            yield from range(self._size)
-            return
-        for byte_index, byte in enumerate(self._bits):
-            if byte:
-                base = byte_index * 8
-                for bit in range(8):
-                    if byte >> bit & 1:
-                        yield base + bit
+            return list(range(self._size))
+        digits = self._digits()
+        return list(itertools.compress(range(len(digits)), digits.translate(_DIGIT_VALUES)))
+
+    def runs(self) -> list[tuple[int, int]]:
+        """The chunks held as runs [first, end) of consecutive numbers, ascending."""
+        if self._count == self._size:
+            return [(0, self._size)] if self._size else []
+        return [match.span() for match in _RUN.finditer(self._digits())]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.numbers())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, ChunkSet):
@@ -75,6 +105,10 @@ class ChunkSet:
         return f"ChunkSet({set(self)!r})"
 
 
+_DIGIT_VALUES = bytes.maketrans(b"01", b"\x00\x01")
+_RUN = re.compile(b"1+")
+
+
 @dataclass
 class FileRecord:
     name: str
@@ -87,6 +121,8 @@ class FileRecord:
     holders: dict[Address, ChunkSet] = field(default_factory=dict)
     #: how many holders each chunk has, kept in step with `holders` so completeness checks are O(1)
     availability: list[int] = field(default_factory=list)
+    #: values derived from the record's fixed fields (such as the encoded chunk hashes), made once
+    memo: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.availability:

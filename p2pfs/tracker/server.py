@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
+
+import msgspec
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
 from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full, serve
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
-from p2pfs.tracker.registry import PublishRefused, Registry
+from p2pfs.tracker.registry import ChunkSet, FileRecord, PublishRefused, Registry
 
 log = logging.getLogger("p2pfs.tracker")
 
@@ -128,14 +131,7 @@ class TrackerServer:
             record = registry.locations(message.filename)
             if record is None:
                 return m.Error(message=f"file not found: {message.filename}", request="REQUEST_FILE_LOCATION")
-            return m.ReplyFileLocation(
-                filename=record.name,
-                chunkinfo={str(addr): list(chunks) for addr, chunks in record.holders.items() if chunks},
-                fileinfo=record.fileinfo,
-                chunksize=record.chunk_size,
-                chunkhashes=record.chunk_hashes,
-                contentid=record.content_id,
-            )
+            return _location_reply(record, message.ranges)
         registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
             if registered is None:
@@ -182,3 +178,38 @@ class TrackerServer:
         del self._connection_of[address]
         delisted = self.registry.remove_peer(address)
         log.info("peer %s left%s", address, f"; delisted {', '.join(delisted)}" if delisted else "")
+
+
+def _location_reply(record: FileRecord, ranges: bool) -> m.ReplyFileLocation:
+    """REPLY_FILE_LOCATION for `record`, as lists (the seed's form) or as runs when the asker said it
+    reads them. Each holder's part is encoded once and reused until its chunks change, and the chunk
+    hashes once per file: a swarm asks for the same locations over and over."""
+    form = "runs" if ranges else "numbers"
+    held = {
+        str(address): chunks.memo(form, _encode_runs if ranges else _encode_numbers)
+        for address, chunks in record.holders.items()
+        if chunks
+    }
+    hashes_json = None
+    if record.chunk_hashes is not None:
+        hashes_json = record.memo.get("chunkhashes")
+        if hashes_json is None:
+            hashes_json = record.memo["chunkhashes"] = framing.raw_json(record.chunk_hashes)
+    # (Raw values stand where lists and bytes are declared: msgspec writes them out verbatim)
+    return m.ReplyFileLocation(
+        filename=record.name,
+        chunkinfo={} if ranges else cast(dict[str, list[int]], held),
+        fileinfo=record.fileinfo,
+        chunksize=record.chunk_size,
+        chunkhashes=cast(bytes | None, hashes_json),
+        contentid=record.content_id,
+        chunkranges=cast(dict[str, list[tuple[int, int]]], held) if ranges else None,
+    )
+
+
+def _encode_numbers(chunks: ChunkSet) -> msgspec.Raw:
+    return framing.raw_json(chunks.numbers())
+
+
+def _encode_runs(chunks: ChunkSet) -> msgspec.Raw:
+    return framing.raw_json(chunks.runs())

@@ -206,3 +206,28 @@ def test_register_bracketed_ipv6_host_is_recorded_plain(seeded: tuple[str, str, 
     w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 1})
     loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
     assert loc["chunkinfo"]["[::1]:41001"] == [1]  # type: ignore[index]
+
+
+def test_location_ranges_extension_only_for_askers_and_updated_on_change(seeded: tuple[str, str, Path]) -> None:
+    """A request with `ranges: true` gets each holder's chunks as [first, end) runs and an empty
+    `chunkinfo`; a request without it gets the seed's lists. A registration changes both at once (the
+    tracker's cached encodings are not stale)."""
+    taddr, paddr, _ = seeded
+    w = Wire(taddr)
+    w.request({"type": "REQUEST_REGISTER", "address": ["127.0.0.1", 40001]})
+    loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin", "ranges": True})
+    assert loc["chunkinfo"] == {} and loc["chunkranges"] == {paddr: [[0, 4]]}
+    for chunk in (0, 1, 3):
+        w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": chunk})
+    loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin", "ranges": True})
+    assert loc["chunkranges"] == {paddr: [[0, 4]], "127.0.0.1:40001": [[0, 2], [3, 4]]}
+    seed_form = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
+    assert "chunkranges" not in seed_form
+    assert seed_form["chunkinfo"] == {paddr: [0, 1, 2, 3], "127.0.0.1:40001": [0, 1, 3]}
+    w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 2})
+    loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin", "ranges": True})
+    assert loc["chunkranges"] == {paddr: [[0, 4]], "127.0.0.1:40001": [[0, 4]]}
+    assert w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})["chunkinfo"] == {
+        paddr: [0, 1, 2, 3],
+        "127.0.0.1:40001": [0, 1, 2, 3],
+    }

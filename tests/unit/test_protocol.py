@@ -626,3 +626,22 @@ def test_frame_decoder_reassembles_any_chunking(bodies: list[bytes], data: st.Da
         start = cut
     assert out == bodies
     assert decoder.pending == 0
+
+
+def test_location_ranges_extension_round_trips_and_expands() -> None:
+    asked = m.RequestFileLocation(filename="f", ranges=True)
+    assert json.loads(encode_body(asked)) == {"type": "REQUEST_FILE_LOCATION", "filename": "f", "ranges": True}
+    # the seed's form stays exactly the seed's: no `ranges` key unless asked
+    assert json.loads(encode_body(m.RequestFileLocation(filename="f"))) == {
+        "type": "REQUEST_FILE_LOCATION",
+        "filename": "f",
+    }
+    body = b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{},"chunkranges":{"h:1":[[0,3],[5,6]]}}'
+    reply = decode(body)
+    assert isinstance(reply, m.ReplyFileLocation)
+    assert reply.holder_chunks() == {"h:1": [0, 1, 2, 5]}
+    seed = decode(b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{"h:1":[4,2]}}')
+    assert isinstance(seed, m.ReplyFileLocation) and seed.holder_chunks() == {"h:1": [4, 2]}
+    for bad in (b"[[0]]", b"[[-1,2]]", b"[[0,0]]", b'[["a",2]]'):
+        with pytest.raises(ProtocolError):
+            decode(b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{},"chunkranges":{"h:1":' + bad + b"}}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from p2pfs.address import Address
@@ -223,3 +225,37 @@ def test_a_peer_cannot_publish_more_than_its_quota_of_chunks() -> None:
         reg.publish(P1, "one-more", KiB, 1, KiB)
     reg.publish(P2, "other-peer", KiB, 1, KiB)  # the quota is per peer
     assert "one-more" not in reg.file_list()
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 8, 9, 64, 1000])
+def test_chunk_set_runs_and_numbers_match_a_plain_computation(size: int) -> None:
+    import random
+
+    rng = random.Random(size)
+    for density in (0.0, 0.1, 0.5, 0.9, 1.0):
+        chunks = ChunkSet(size)
+        wanted = {c for c in range(size) if rng.random() < density}
+        for chunk in wanted:
+            chunks.add(chunk)
+        assert chunks.numbers() == sorted(wanted)
+        runs = chunks.runs()
+        assert [c for first, end in runs for c in range(first, end)] == sorted(wanted)
+        assert all(first < end for first, end in runs)
+        assert all(end < next_first for (_, end), (next_first, _) in itertools.pairwise(runs))  # maximal runs
+    assert ChunkSet(size, full=True).runs() == ([(0, size)] if size else [])
+
+
+def test_chunk_set_memo_is_dropped_when_the_set_changes() -> None:
+    chunks = ChunkSet(100)
+    chunks.add(5)
+    calls: list[int] = []
+
+    def make(cs: ChunkSet) -> list[int]:
+        calls.append(1)
+        return cs.numbers()
+
+    assert chunks.memo("k", make) == [5] and chunks.memo("k", make) == [5] and len(calls) == 1
+    assert not chunks.add(5)  # no change: the memo stays
+    assert chunks.memo("k", make) == [5] and len(calls) == 1
+    chunks.add(6)
+    assert chunks.memo("k", make) == [5, 6] and len(calls) == 2
