@@ -7,6 +7,7 @@ Requests on one connection are answered in order, so a downloader can pipeline s
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
 from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full, serve
 from p2pfs.peer.storage import ChunkFile, StorageError
+from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 
@@ -27,7 +29,9 @@ IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
 
 
 class ChunkServer:
-    def __init__(self, library: Mapping[str, ChunkFile], delay: float = 0.0, raw: bool = True) -> None:
+    def __init__(
+        self, library: Mapping[str, ChunkFile], delay: float = 0.0, raw: bool = True, super_seed: bool = True
+    ) -> None:
         self.library = library
         #: answer `raw` requests with the binary fast path (False: always the seed's base64 JSON)
         self.raw = raw
@@ -38,6 +42,9 @@ class ChunkServer:
         self._handlers: set[asyncio.Task[None]] = set()
         #: chunks served, by (file name, downloader's remote host)
         self.served: Counter[tuple[str, str]] = Counter()
+        #: sends every chunk of a file this peer published once before any twice (see superseed)
+        self.super_seeder: SuperSeeder | None = SuperSeeder() if super_seed else None
+        self._connection_ids = itertools.count(1)
 
     async def start(self, host: str, port: int) -> Address:
         self._server = await serve(self._on_connect, host, port)
@@ -70,6 +77,7 @@ class ChunkServer:
             self._handlers.discard(task)
 
     async def _serve(self, conn: Connection) -> None:
+        connection_id = next(self._connection_ids)
         while True:
             try:
                 body = await conn.recv_body(IDLE_TIMEOUT)
@@ -89,7 +97,7 @@ class ChunkServer:
                 elif isinstance(message, m.PeerRequestChunk):
                     if self.delay:
                         await asyncio.sleep(self.delay)
-                    self._send_chunk(conn, message)
+                    self._send_chunk(conn, message, connection_id)
                 else:
                     kind = type(message).__struct_config__.tag
                     conn.send(
@@ -97,8 +105,12 @@ class ChunkServer:
                     )
             await conn.drain()
 
-    def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk) -> None:
-        reply = self._chunk_reply(request, conn.remote)
+    def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk, connection_id: int) -> None:
+        shared = self.library.get(request.filename)
+        chunk = request.chunknum
+        if request.substitute and self.super_seeder is not None and shared is not None and shared.origin:
+            chunk = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id)
+        reply = self._chunk_reply(request.filename, chunk, conn.remote)
         if isinstance(reply, m.Error):
             conn.send(reply)
             return
@@ -107,32 +119,27 @@ class ChunkServer:
             # the binary fast path: a small header frame, then the chunk's bytes as they are
             conn.send(
                 m.PeerReplyChunk(
-                    filename=request.filename, chunknum=request.chunknum, digest=digest, rawlength=len(data)
+                    filename=request.filename, chunknum=chunk, digest=digest, rawlength=len(data)
                 )
             )
             conn.send_raw(data)
         else:
             conn.send(
                 m.PeerReplyChunk(
-                    filename=request.filename, chunknum=request.chunknum, digest=digest, data=data
+                    filename=request.filename, chunknum=chunk, digest=digest, data=data
                 )
             )
 
-    def _chunk_reply(self, request: m.PeerRequestChunk, remote: Address) -> m.Error | tuple[str, bytes]:
-        shared = self.library.get(request.filename)
-        chunk = request.chunknum
+    def _chunk_reply(self, filename: str, chunk: int, remote: Address) -> m.Error | tuple[str, bytes]:
+        shared = self.library.get(filename)
         if shared is None:
-            return m.Error(message=f"file not shared here: {request.filename}", request="PEER_REQUEST_CHUNK")
+            return m.Error(message=f"file not shared here: {filename}", request="PEER_REQUEST_CHUNK")
         if chunk not in shared.have:
-            return m.Error(
-                message=f"chunk {chunk} of {request.filename} not held here", request="PEER_REQUEST_CHUNK"
-            )
+            return m.Error(message=f"chunk {chunk} of {filename} not held here", request="PEER_REQUEST_CHUNK")
         try:
             data = shared.read_chunk(chunk)
         except (OSError, StorageError) as exc:
             log.error("cannot read chunk %d of %s: %s", chunk, shared.path, exc)
-            return m.Error(
-                message=f"cannot read chunk {chunk} of {request.filename}", request="PEER_REQUEST_CHUNK"
-            )
-        self.served[(request.filename, remote.host)] += 1
+            return m.Error(message=f"cannot read chunk {chunk} of {filename}", request="PEER_REQUEST_CHUNK")
+        self.served[(filename, remote.host)] += 1
         return shared.digests[chunk], data

@@ -3,9 +3,11 @@
 Policy (libtorrent's, simplified):
 - rarest first: among the chunks a holder can give that nobody is fetching yet, take one with the fewest
   live holders; ties are broken at random, so downloaders of one swarm fetch different chunks;
-- end game: when a holder has nothing unrequested left to give, it may duplicate a chunk already in
-  flight from another holder (at most MAX_REQUESTS_PER_CHUNK in total) so a slow holder cannot hold the
-  last chunks hostage; the first copy to arrive wins;
+- end game: once every chunk any holder can give is requested (only chunks in flight are missing), an
+  idle holder may duplicate a chunk already in flight from another holder (at most
+  MAX_REQUESTS_PER_CHUNK in total) so a slow holder cannot hold the last chunks hostage; the first copy
+  to arrive wins. Before that, a holder with nothing unrequested to give stays idle: duplicates in mid
+  download would spend upload capacity the swarm needs (a quarter of it, measured in `make swarm`);
 - a holder that fails a chunk (error, wrong digest) is no longer counted as having it.
 
 How many requests each holder gets is `window.request_window`'s business; this module never sees a
@@ -142,12 +144,15 @@ class Picker(Generic[H]):
         held = self._holders.get(holder)
         if not held:
             return None
-        for avail in sorted(a for a, b in self._buckets.items() if a > 0 and len(b)):
+        unrequested = sorted(a for a, b in self._buckets.items() if a > 0 and len(b))
+        for avail in unrequested:
             chunk = self._choose(self._buckets[avail], held)
             if chunk is not None:
                 self._buckets[avail].discard(chunk)
                 self._requested[chunk] = {holder}
                 return chunk
+        if unrequested:
+            return None  # other holders have chunks nobody fetches yet: not the end game, no duplicates
         return self._end_game(holder, held)
 
     def _choose(self, bucket: IndexedSet, held: set[int]) -> int | None:

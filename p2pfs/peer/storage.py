@@ -64,6 +64,8 @@ class ChunkFile:
     have: set[int] = field(default_factory=set)
     #: SHA-256 hex of each held chunk, computed once (at publish, or when the chunk was verified)
     digests: dict[int, str] = field(default_factory=dict)
+    #: published from a local file by this peer (not downloaded): its chunks are super-seeded
+    origin: bool = False
 
     @property
     def chunk_count(self) -> int:
@@ -131,7 +133,7 @@ def open_for_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str
             raise StorageError(f"not a regular file: {path}")
         if chunk_count_for(st.st_size, chunk_size) > MAX_CHUNKS:
             raise StorageError(f"{path} is too large for chunks of {chunk_size} bytes (more than {MAX_CHUNKS})")
-        shared = ChunkFile(name, path, st.st_size, chunk_size, fd)
+        shared = ChunkFile(name, path, st.st_size, chunk_size, fd, origin=True)
         buf = bytearray(chunk_size)
         view = memoryview(buf)
         for chunk in range(shared.chunk_count):

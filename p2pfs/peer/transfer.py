@@ -383,7 +383,9 @@ class Download:
                         break
                     if not outstanding:
                         holder.meter.start(time.monotonic())
-                    holder.conn.send(m.PeerRequestChunk(filename=self.name, chunknum=chunk, raw=self.raw))
+                    holder.conn.send(
+                        m.PeerRequestChunk(filename=self.name, chunknum=chunk, raw=self.raw, substitute=self.raw)
+                    )
                     outstanding.append(chunk)
                 if not outstanding:
                     holder.meter.idle()
@@ -421,8 +423,14 @@ class Download:
             self._picker.failed(chunk, holder.address)
             self._notify()
             return
-        if not isinstance(reply, m.PeerReplyChunk) or reply.chunknum != chunk or reply.filename != self.name:
+        if not isinstance(reply, m.PeerReplyChunk) or reply.filename != self.name:
             raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with {_describe(reply)}")
+        if reply.chunknum != chunk:
+            # super-seeding: we said we accept another chunk (`substitute`, asked with the fast path)
+            if not self.raw or reply.chunknum >= shared.chunk_count:
+                raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with chunk {reply.chunknum}")
+            self._picker.cancelled(chunk, holder.address)
+            chunk = reply.chunknum
         length = shared.chunk_length(chunk)
         buf: bytearray | None = None
         if reply.rawlength is not None:

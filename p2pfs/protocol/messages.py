@@ -141,6 +141,9 @@ class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK", omit_defaults=True)
     chunknum: ChunkNumber
     # extension (binary fast path): ask for the chunk as raw bytes after the reply's header frame
     raw: bool = False
+    # extension (super-seeding): the asker also accepts another chunk of the file in reply (the reply's
+    # `chunknum` says which); an origin seeder uses it to send every chunk once before any twice
+    substitute: bool = False
 
 
 class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK", omit_defaults=True):

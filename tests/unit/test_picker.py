@@ -145,6 +145,22 @@ def test_end_game_duplicates_an_in_flight_chunk() -> None:
     assert p.pick("A") is None  # A already asked for everything it has
 
 
+def test_no_duplicates_while_another_holder_has_unrequested_chunks() -> None:
+    """Mid-download, a holder with nothing new to give stays idle rather than duplicating: a chunk nobody
+    fetches yet (from another holder) means this is not the end game."""
+    p = picker(3, {"A": [0, 1, 2], "B": [0]})
+    assert p.pick("B") == 0
+    assert p.pick("B") is None  # B has only chunk 0, in flight from B itself
+    first = p.pick("A")
+    assert first in (1, 2)
+    p2 = picker(3, {"A": [0, 1, 2], "B": [1]})
+    assert p2.pick("A") is not None
+    # B's only chunk may be the one A is fetching; chunks 0..2 minus A's pick are still unrequested
+    before = p2.in_flight()
+    got = p2.pick("B")
+    assert got is None or got not in before, "a duplicate was requested while chunks were unrequested"
+
+
 def test_end_game_takes_a_chunk_that_is_not_yet_duplicated() -> None:
     p = picker(2, {"B": [0], "C": [1], "A": [0, 1], "D": [0, 1], "E": [0, 1]})
     assert p.pick("B") == 0
