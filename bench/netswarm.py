@@ -733,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, help="runs per case (default 3; 1 with --quick)")
     parser.add_argument("--no-libtorrent", action="store_true", help="skip the libtorrent case")
+    parser.add_argument(
+        "--only",
+        help="comma-separated cases to run: " + ", ".join(c.key for c in cases()),
+    )
     rec = parser.add_mutually_exclusive_group()
     rec.add_argument(
         "--record", dest="record", action="store_true", default=None, help="append to RESULTS.md"
@@ -773,6 +777,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             homogeneous: list[RunResult] | None = None
             for case in cases():
+                if args.only and case.key not in args.only.split(","):
+                    continue
                 try:
                     results = measure(swarm, case, runs, not args.no_libtorrent)
                 except TestbedError:

@@ -58,6 +58,8 @@ class TrackerClient:
         self._reconnecting: asyncio.Task[None] | None = None
         self._on_status = on_status
         self._on_reconnected = on_reconnected
+        #: who hears the tracker's pushed updates of each watched file
+        self._watchers: dict[str, Callable[[m.ReplyFileLocation], None]] = {}
 
     @property
     def connected(self) -> bool:
@@ -153,8 +155,16 @@ class TrackerClient:
             raise TrackerError(f"file list failed: {_describe(reply)}")
         return reply
 
-    async def locations(self, name: str) -> m.ReplyFileLocation:
-        reply = await self._request(m.RequestFileLocation(filename=name, ranges=True))
+    def watch(self, name: str, on_update: Callable[[m.ReplyFileLocation], None]) -> None:
+        """Hand the tracker's pushed updates of `name` to `on_update` (the tracker pushes them once a
+        `locations(name, watch=True)` asked it to, on this connection)."""
+        self._watchers[name] = on_update
+
+    def unwatch(self, name: str) -> None:
+        self._watchers.pop(name, None)
+
+    async def locations(self, name: str, watch: bool = False) -> m.ReplyFileLocation:
+        reply = await self._request(m.RequestFileLocation(filename=name, ranges=True, watch=watch))
         if isinstance(reply, m.Error):
             raise FileNotPublished(f"{name!r} is not listed by the tracker ({reply.message})")
         if not isinstance(reply, m.ReplyFileLocation):
@@ -209,6 +219,11 @@ class TrackerClient:
                     log.warning("tracker sent an invalid message: %s", exc)
                     self._resolve(TrackerError(f"tracker sent an invalid reply: {exc}"))
                     continue
+                if isinstance(reply, m.ReplyFileLocation) and reply.update:
+                    on_update = self._watchers.get(reply.filename)
+                    if on_update is not None:
+                        on_update(reply)
+                    continue  # (pushed, not a reply: it answers no request)
                 if isinstance(reply, m.Error) and reply.request == "REQUEST_CHUNK_REGISTER":
                     log.debug("tracker refused a chunk registration: %s", reply.message)
                     continue

@@ -176,16 +176,25 @@ class Download:
         self._verifying: set[asyncio.Future[_Verified]] = set()
         #: set when the download cannot go on whatever the holders do (a chunk cannot be written)
         self._failure: P2PFSError | None = None
+        self._content_id: str | None = None
+        #: pushed updates being applied (connecting to new holders)
+        self._updating: set[asyncio.Task[bool]] = set()
 
     async def run(self) -> DownloadResult:
         started = time.monotonic()
         storage.check_name(self.name)
         if self.name in self.library:
             raise P2PFSError(f"{self.name!r} is already shared or being downloaded by this peer")
+        self.tracker.watch(self.name, self._on_update)
         try:
-            location = await self.tracker.locations(self.name)
+            location = await self.tracker.locations(self.name, watch=True)
         except TrackerUnavailable as exc:
+            self.tracker.unwatch(self.name)
             raise TrackerUnavailable(f"cannot download {self.name!r}: {exc}") from None
+        except BaseException:
+            self.tracker.unwatch(self.name)
+            raise
+        self._content_id = location.contentid
         filesize, chunk_count = location.fileinfo or await self._fileinfo_from_list()
         chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
         if storage.chunk_count_for(filesize, chunk_size) != chunk_count:
@@ -229,6 +238,7 @@ class Download:
             part.finish()
             ok = True
         finally:
+            self.tracker.unwatch(self.name)
             await self._close_holders()
             self._executor.shutdown(wait=True)
             if not ok:
@@ -282,18 +292,29 @@ class Download:
     async def _refresh(self) -> bool:
         """Ask the tracker for fresh locations; True if it told us anything new."""
         try:
-            location = await self.tracker.locations(self.name)
+            location = await self.tracker.locations(self.name, watch=True)
         except (TrackerUnavailable, FileNotPublished) as exc:
             log.debug("location refresh for %s failed: %s", self.name, exc)
             return False
         return await self._add_holders(location.holder_chunks())
 
-    async def _add_holders(self, chunkinfo: dict[str, list[int]]) -> bool:
-        """Record availability; ping and start workers for new holders. True if anything was new."""
+    def _on_update(self, update: m.ReplyFileLocation) -> None:
+        """News pushed by the tracker (holders and chunks registered since its last update)."""
+        if self._closing or update.contentid != self._content_id:
+            return  # (a different file published under the same name since we started)
+        task = asyncio.create_task(self._add_holders(update.holder_chunks(), complete=False))
+        self._updating.add(task)
+        task.add_done_callback(self._updating.discard)
+
+    async def _add_holders(self, chunkinfo: dict[str, list[int]], complete: bool = True) -> bool:
+        """Record availability; ping and start workers for new holders. True if anything was new.
+        `complete`: chunkinfo is the tracker's whole view (not an update), so it also says what the
+        tracker is missing of ours."""
         news = False
         now = time.monotonic()
         new: dict[Address, list[int]] = {}
-        self._reregister_missing(chunkinfo)
+        if complete:
+            self._reregister_missing(chunkinfo)
         for text, chunks in chunkinfo.items():
             try:
                 address = Address.parse(text)
@@ -359,8 +380,9 @@ class Download:
     async def _close_holders(self) -> None:
         self._closing = True
         self._notify()
-        tasks = [h.task for h in self._holders.values() if h.task is not None]
+        tasks: list[asyncio.Task[object]] = [h.task for h in self._holders.values() if h.task is not None]
         tasks += list(self._connecting.values())
+        tasks += list(self._updating)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -100,6 +100,9 @@ class ReplyFileList(Message, tag="REPLY_FILE_LIST", omit_defaults=True):
 class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults=True):
     # extension: the asker understands `chunkranges`; the tracker may answer with ranges instead of lists
     ranges: bool = False
+    # extension: also push news of this file (new holders, new chunks) on this connection, as
+    # REPLY_FILE_LOCATION with `update`, until the asker holds every chunk or disconnects
+    watch: bool = False
 
 
 #: [first, end) chunk numbers: a run of consecutive chunks (end excluded).
@@ -118,6 +121,9 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     # extension, only to a request with `ranges`: each holder's chunks as runs [first, end); `chunkinfo`
     # is then empty. A complete holder of a 100 GiB file is `[[0, 102400]]`, not 102,400 numbers.
     chunkranges: dict[str, list[ChunkRange]] | None = None
+    # extension: an unsolicited update to a watcher (see REQUEST_FILE_LOCATION.watch), not a reply to a
+    # request; `chunkranges` then holds only chunks registered since the last update
+    update: bool = False
 
     def holder_chunks(self) -> dict[str, list[int]]:
         """Each holder's chunk numbers, whichever form the tracker used (ranges are checked: ProtocolError

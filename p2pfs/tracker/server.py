@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import cast
 
@@ -22,6 +23,15 @@ log = logging.getLogger("p2pfs.tracker")
 MAX_CONNECTIONS = 8192
 #: Seconds a connection that has not registered may stay silent (registered peers may stay silent).
 UNREGISTERED_IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
+#: Files one connection may watch at once (REQUEST_FILE_LOCATION.watch); more are answered, not watched.
+MAX_WATCHES_PER_CONNECTION = 64
+#: News of a file are gathered for this long, then pushed to its watchers in one update, encoded once.
+#: The delay grows with the number of watchers (PUSH_DELAY_PER_WATCHER each), so a swarm of thousands
+#: gets a few updates a second rather than one per registration.
+PUSH_DELAY = 0.02
+PUSH_DELAY_PER_WATCHER = 0.0001
+#: A watcher whose connection has this much unsent data gets no updates until it reads (it still polls).
+PUSH_BACKLOG_LIMIT = 1 << 20
 
 
 class TrackerServer:
@@ -34,6 +44,12 @@ class TrackerServer:
         self._connection_of: dict[Address, Connection] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self.address: Address | None = None
+        #: connections watching each file, and the files each connection watches
+        self._watchers: dict[str, set[Connection]] = {}
+        self._watching: dict[Connection, set[str]] = {}
+        #: chunks registered per file and holder since the last update was pushed
+        self._news: dict[str, dict[Address, ChunkSet]] = {}
+        self._push_scheduled: set[str] = set()
 
     @property
     def listening(self) -> bool:
@@ -76,6 +92,7 @@ class TrackerServer:
             log.exception("error while serving %s", conn.remote)
         finally:
             self._forget(conn)
+            self._unwatch_all(conn)
             conn.close()
             self._handlers.discard(task)
 
@@ -131,6 +148,8 @@ class TrackerServer:
             record = registry.locations(message.filename)
             if record is None:
                 return m.Error(message=f"file not found: {message.filename}", request="REQUEST_FILE_LOCATION")
+            if message.watch:
+                self._watch(conn, record.name)
             return _location_reply(record, message.ranges)
         registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
@@ -144,16 +163,92 @@ class TrackerServer:
             except PublishRefused as exc:
                 return m.ReplyPublish(result=False, message=str(exc))
             log.info("%s published %s (%d bytes, %d chunks)", registered, message.filename, filesize, chunk_count)
+            if message.filename in self._watchers:  # a new complete holder joined the listed file
+                self._add_news(message.filename, registered, range(chunk_count))
             return m.ReplyPublish(result=True, message="")
         if isinstance(message, m.RequestChunkRegister):
             # The seed defines no reply; a registration that makes no sense is ignored.
             chunks = message.chunknums if message.chunknums is not None else [message.chunknum]
+            accepted = []
             for chunk in chunks:
                 if registered is None or not registry.register_chunk(registered, message.filename, chunk):
                     log.debug("ignored chunk registration %s#%d from %s", message.filename, chunk, conn.remote)
+                else:
+                    accepted.append(chunk)
+            if accepted and registered is not None and message.filename in self._watchers:
+                self._add_news(message.filename, registered, accepted)
             return None
         kind = type(message).__struct_config__.tag
         return m.Error(message=f"unexpected message type {kind} for a tracker", request=str(kind))
+
+    # -- pushed availability (REQUEST_FILE_LOCATION.watch) ---------------------------------------------
+    def _watch(self, conn: Connection, name: str) -> None:
+        watched = self._watching.setdefault(conn, set())
+        if name in watched or len(watched) >= MAX_WATCHES_PER_CONNECTION:
+            return
+        watched.add(name)
+        self._watchers.setdefault(name, set()).add(conn)
+
+    def _unwatch(self, conn: Connection, name: str) -> None:
+        watchers = self._watchers.get(name)
+        if watchers is not None:
+            watchers.discard(conn)
+            if not watchers:
+                del self._watchers[name]
+                self._news.pop(name, None)
+        watched = self._watching.get(conn)
+        if watched is not None:
+            watched.discard(name)
+
+    def _unwatch_all(self, conn: Connection) -> None:
+        for name in list(self._watching.pop(conn, ())):
+            self._unwatch(conn, name)
+
+    def _add_news(self, name: str, holder: Address, chunks: range | list[int]) -> None:
+        record = self.registry.files.get(name)
+        if record is None:
+            return
+        news = self._news.setdefault(name, {})
+        held = news.get(holder)
+        if held is None:
+            held = news[holder] = ChunkSet(record.chunk_count)
+        for chunk in chunks:
+            held.add(chunk)
+        if name not in self._push_scheduled:
+            self._push_scheduled.add(name)
+            delay = PUSH_DELAY + PUSH_DELAY_PER_WATCHER * len(self._watchers.get(name, ()))
+            asyncio.get_running_loop().call_later(delay, self._push, name)
+
+    def _push(self, name: str) -> None:
+        """Send the gathered news of `name` to its watchers, one frame encoded once; watchers that now
+        hold every chunk stop watching."""
+        self._push_scheduled.discard(name)
+        news = self._news.pop(name, None)
+        record = self.registry.files.get(name)
+        watchers = self._watchers.get(name)
+        if not news or record is None or not watchers:
+            return
+        update = m.ReplyFileLocation(
+            filename=name,
+            chunkinfo={},
+            chunkranges={str(holder): chunks.runs() for holder, chunks in news.items()},
+            contentid=record.content_id,
+            update=True,
+        )
+        try:
+            frame = framing.encode(update)
+        except FrameTooLarge:  # (news of 2^18 scattered chunks at once): watchers will poll instead
+            return
+        for conn in list(watchers):
+            address = self._address_of.get(conn)
+            held = record.holders.get(address) if address is not None else None
+            if held is not None and len(held) == record.chunk_count:
+                self._unwatch(conn, name)  # a seeder of the file now: nothing left to hear
+                continue
+            if conn.transport.get_write_buffer_size() > PUSH_BACKLOG_LIMIT:
+                continue
+            with contextlib.suppress(ConnectionClosed):
+                conn.send_raw(frame)
 
     def _register(self, conn: Connection, address: Address) -> None:
         previous = self._address_of.get(conn)
