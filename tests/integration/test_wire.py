@@ -231,3 +231,56 @@ def test_location_ranges_extension_only_for_askers_and_updated_on_change(seeded:
         paddr: [0, 1, 2, 3],
         "127.0.0.1:40001": [0, 1, 2, 3],
     }
+
+
+def test_origin_super_seeds_only_askers_that_accept_a_substitute(seeded: tuple[str, str, Path]) -> None:
+    """The publisher sends every chunk once before any twice to requests with `substitute`: a second
+    connection asking for chunk 0 gets another chunk (and its correct bytes and digest); a request
+    without `substitute` (the seed's form) gets exactly what it asked for."""
+    _, paddr, src = seeded
+    raw = src.read_bytes()
+
+    def ask(w: Wire, chunk: int, substitute: bool) -> int:
+        request: dict[str, object] = {"type": "PEER_REQUEST_CHUNK", "filename": "w.bin", "chunknum": chunk}
+        if substitute:
+            request["substitute"] = True
+        reply = w.request(request)
+        n = int(str(reply["chunknum"]))
+        data = base64.b64decode(str(reply["data"]))
+        assert data == raw[n * 65536 : (n + 1) * 65536] and reply["digest"] == hashlib.sha256(data).hexdigest()
+        return n
+
+    first, second, seed_form = Wire(paddr), Wire(paddr), Wire(paddr)
+    assert ask(first, 0, substitute=True) == 0
+    assert ask(first, 0, substitute=True) == 0  # the same connection asking again gets it again
+    assert ask(seed_form, 0, substitute=False) == 0  # the seed's form is never substituted
+    other = ask(second, 0, substitute=True)
+    assert other in (1, 2, 3)
+    sent = {0, other}
+    for _ in range(2):  # the two chunks never sent yet, whatever is asked
+        sent.add(ask(second, 0, substitute=True))
+    assert sent == {0, 1, 2, 3}
+    assert ask(second, 0, substitute=True) == 0  # every chunk has left once: answered as asked
+
+
+def test_watchers_get_pushed_updates_and_others_do_not(seeded: tuple[str, str, Path]) -> None:
+    """REQUEST_FILE_LOCATION with `watch`: registrations by other peers are pushed to the watcher as
+    REPLY_FILE_LOCATION with `update` and only the news in `chunkranges`; a connection that did not ask
+    for it only ever gets replies to its requests."""
+    taddr, paddr, _ = seeded
+    watcher, plain, registrant = Wire(taddr), Wire(taddr), Wire(taddr)
+    watcher.request({"type": "REQUEST_REGISTER", "address": ["127.0.0.1", 40011]})
+    first = watcher.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin", "ranges": True, "watch": True})
+    assert first["chunkranges"] == {paddr: [[0, 4]]} and "update" not in first
+    plain.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
+    registrant.request({"type": "REQUEST_REGISTER", "address": ["127.0.0.1", 40012]})
+    registrant.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 2, "chunknums": [2, 3]})
+    update = watcher.recv()  # pushed: no request was sent
+    assert update["type"] == "REPLY_FILE_LOCATION" and update["update"] is True
+    assert update["filename"] == "w.bin" and update["chunkinfo"] == {}
+    assert update["chunkranges"] == {"127.0.0.1:40012": [[2, 4]]}
+    assert update["contentid"] == first["contentid"]
+    # the plain connection's next message is the reply to its next request, not an update
+    assert plain.request({"type": "REQUEST_FILE_LIST"})["type"] == "REPLY_FILE_LIST"
+    # and the watcher's replies still match its requests
+    assert watcher.request({"type": "REQUEST_FILE_LIST"})["type"] == "REPLY_FILE_LIST"
