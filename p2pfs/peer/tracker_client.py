@@ -163,8 +163,12 @@ class TrackerClient:
     def unwatch(self, name: str) -> None:
         self._watchers.pop(name, None)
 
-    async def locations(self, name: str, watch: bool = False) -> m.ReplyFileLocation:
-        reply = await self._request(m.RequestFileLocation(filename=name, ranges=True, watch=watch))
+    async def locations(
+        self, name: str, watch: bool = False, known_content_id: str | None = None
+    ) -> m.ReplyFileLocation:
+        """Where the chunks of `name` are (`known_content_id`: we hold its chunk hashes already)."""
+        request = m.RequestFileLocation(filename=name, ranges=True, watch=watch, contentid=known_content_id)
+        reply = await self._request(request)
         if isinstance(reply, m.Error):
             raise FileNotPublished(f"{name!r} is not listed by the tracker ({reply.message})")
         if not isinstance(reply, m.ReplyFileLocation):

@@ -292,9 +292,12 @@ class Download:
     async def _refresh(self) -> bool:
         """Ask the tracker for fresh locations; True if it told us anything new."""
         try:
-            location = await self.tracker.locations(self.name, watch=True)
+            location = await self.tracker.locations(self.name, watch=True, known_content_id=self._content_id)
         except (TrackerUnavailable, FileNotPublished) as exc:
             log.debug("location refresh for %s failed: %s", self.name, exc)
+            return False
+        if location.contentid != self._content_id:
+            log.info("%s is now listed with other content; ignoring its new holders", self.name)
             return False
         return await self._add_holders(location.holder_chunks())
 

@@ -103,6 +103,8 @@ class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults
     # extension: also push news of this file (new holders, new chunks) on this connection, as
     # REPLY_FILE_LOCATION with `update`, until the asker holds every chunk or disconnects
     watch: bool = False
+    # extension: the asker already has the chunk hashes of this content id: leave them out if unchanged
+    contentid: str | None = None
 
 
 #: [first, end) chunk numbers: a run of consecutive chunks (end excluded).

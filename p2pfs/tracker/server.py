@@ -150,7 +150,7 @@ class TrackerServer:
                 return m.Error(message=f"file not found: {message.filename}", request="REQUEST_FILE_LOCATION")
             if message.watch:
                 self._watch(conn, record.name)
-            return _location_reply(record, message.ranges)
+            return _location_reply(record, message.ranges, hashes=message.contentid != record.content_id)
         registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
             if registered is None:
@@ -275,10 +275,11 @@ class TrackerServer:
         log.info("peer %s left%s", address, f"; delisted {', '.join(delisted)}" if delisted else "")
 
 
-def _location_reply(record: FileRecord, ranges: bool) -> m.ReplyFileLocation:
+def _location_reply(record: FileRecord, ranges: bool, hashes: bool = True) -> m.ReplyFileLocation:
     """REPLY_FILE_LOCATION for `record`, as lists (the seed's form) or as runs when the asker said it
-    reads them. Each holder's part is encoded once and reused until its chunks change, and the chunk
-    hashes once per file: a swarm asks for the same locations over and over."""
+    reads them, with the chunk hashes unless the asker has them (`hashes`). Each holder's part is encoded
+    once and reused until its chunks change, and the chunk hashes once per file: a swarm asks for the
+    same locations over and over."""
     form = "runs" if ranges else "numbers"
     held = {
         str(address): chunks.memo(form, _encode_runs if ranges else _encode_numbers)
@@ -286,7 +287,7 @@ def _location_reply(record: FileRecord, ranges: bool) -> m.ReplyFileLocation:
         if chunks
     }
     hashes_json = None
-    if record.chunk_hashes is not None:
+    if record.chunk_hashes is not None and hashes:
         hashes_json = record.memo.get("chunkhashes")
         if hashes_json is None:
             hashes_json = record.memo["chunkhashes"] = framing.raw_json(record.chunk_hashes)

@@ -259,3 +259,28 @@ def test_chunk_set_memo_is_dropped_when_the_set_changes() -> None:
     assert chunks.memo("k", make) == [5] and len(calls) == 1
     chunks.add(6)
     assert chunks.memo("k", make) == [5, 6] and len(calls) == 2
+
+
+def test_location_reply_of_a_100_gib_file_with_100_complete_holders_stays_small() -> None:
+    """The issue's case: 102,400 chunks of 1 MiB, 100 complete holders. The seed's list form is ~60 MB
+    (too big for one frame); with `ranges` it is a few KB, plus the chunk hashes once (left out when the
+    asker already has them)."""
+    from p2pfs.protocol import framing
+    from p2pfs.tracker.server import _location_reply
+
+    chunks = 100 * 1024
+    reg = Registry()
+    hashes = bytes(32) * chunks
+    for i in range(100):
+        peer = Address(f"10.1.{i // 250}.{i % 250 + 1}", 7000 + i)
+        reg.add_peer(peer)
+        reg.publish(peer, "big.bin", chunks << 20, chunks, 1 << 20, hashes)
+    record = reg.locations("big.bin")
+    assert record is not None and len(record.holders) == 100
+    refresh = len(framing.encode(_location_reply(record, ranges=True, hashes=False)))
+    first = len(framing.encode(_location_reply(record, ranges=True)))
+    listed = sum(len(framing.encode_body(c.numbers())) for c in record.holders.values())
+    print(f"100 GiB x 100 holders: ranges {refresh} B, with hashes {first} B, seed lists {listed} B")
+    assert refresh < 8_000
+    assert first < refresh + 4_500_000  # the 3.2 MB of hashes in base64, once
+    assert listed > 50_000_000
