@@ -10,6 +10,7 @@ little stricter than the `get` wall times compared with it.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import sys
 import time
@@ -58,24 +59,14 @@ def size_for(ctx: Context) -> int:
     return QUICK_SIZE if ctx.quick else SIZE
 
 
+def copy_once(ctx: Context) -> float:
+    """One local copy (read + SHA-256 + write in a fresh process): MiB/s."""
+    return _once(ctx, 0)
+
+
 def measure(ctx: Context) -> float:
     """The local limit in MiB/s (median of the runs), measured once per suite run."""
-
-    def once(i: int) -> float:
-        src = ctx.source(size_for(ctx))
-        dst = ctx.workdir / "local-copy.bin"
-        remove(dst)
-        child = Proc(
-            [sys.executable, "-m", "bench.local_limit", "--copy", str(src), str(dst)],
-            env=child_env(),
-            cwd=Path(__file__).resolve().parent.parent,
-            label="local copy",
-        )
-        if child.wait(TRANSFER_TIMEOUT) != 0:
-            raise BenchError(f"local copy failed: {child.describe()}")
-        remove(dst)
-        seconds = float(child.stdout[-1])
-        return src.stat().st_size / MiB / seconds
+    once = functools.partial(_once, ctx)
 
     def all_runs() -> float:
         print(
@@ -87,6 +78,24 @@ def measure(ctx: Context) -> float:
         return median(samples)
 
     return ctx.memo("local_limit", all_runs)
+
+
+def _once(ctx: Context, i: int) -> float:
+    """One run of the local copy (run number `i` is unused): MiB/s."""
+    src = ctx.source(size_for(ctx))
+    dst = ctx.workdir / "local-copy.bin"
+    remove(dst)
+    child = Proc(
+        [sys.executable, "-m", "bench.local_limit", "--copy", str(src), str(dst)],
+        env=child_env(),
+        cwd=Path(__file__).resolve().parent.parent,
+        label="local copy",
+    )
+    if child.wait(TRANSFER_TIMEOUT) != 0:
+        raise BenchError(f"local copy failed: {child.describe()}")
+    remove(dst)
+    seconds = float(child.stdout[-1])
+    return src.stat().st_size / MiB / seconds
 
 
 def run(ctx: Context) -> None:
