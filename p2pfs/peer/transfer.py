@@ -185,15 +185,10 @@ class Download:
         storage.check_name(self.name)
         if self.name in self.library:
             raise P2PFSError(f"{self.name!r} is already shared or being downloaded by this peer")
-        self.tracker.watch(self.name, self._on_update)
         try:
             location = await self.tracker.locations(self.name, watch=True)
         except TrackerUnavailable as exc:
-            self.tracker.unwatch(self.name)
             raise TrackerUnavailable(f"cannot download {self.name!r}: {exc}") from None
-        except BaseException:
-            self.tracker.unwatch(self.name)
-            raise
         self._content_id = location.contentid
         filesize, chunk_count = location.fileinfo or await self._fileinfo_from_list()
         chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
@@ -226,6 +221,9 @@ class Download:
                 log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
                 self.tracker.register_chunks(self.name, resumed)
             self._picker = Picker(chunk_count, have=shared.have)
+            # the tracker pushes news since the request above; they are applied from now on (the reply
+            # covered what came before)
+            self.tracker.watch(self.name, self._on_update)
             if not self._picker.complete:
                 await self._add_holders(location.holder_chunks())
                 try:
