@@ -89,10 +89,11 @@ def test_lying_holder_is_dropped_and_the_file_still_arrives_intact(
     assert sum(done["sources"].values()) == chunks  # type: ignore[attr-defined]
     dropped = [line for line in got.stderr.splitlines() if "dropped for this file" in line]
     assert len(dropped) == 1, got.stderr  # asked once, never again
-    assert re.search(
-        rf"WARNING: holder {re.escape(liar_addr)} sent a corrupt chunk {lied[0]} of truth\.bin; dropped",
-        dropped[0],
-    ), dropped
+    # (chunks are verified in parallel threads: the first found corrupt may be any the liar sent)
+    reported = re.search(
+        rf"WARNING: holder {re.escape(liar_addr)} sent a corrupt chunk (\d+) of truth\.bin; dropped", dropped[0]
+    )
+    assert reported and int(reported.group(1)) in lied, (dropped, lied)
     assert not (tmp_path / "out.bin.part").exists() and not (tmp_path / "out.bin.part.state").exists()
 
 

@@ -237,3 +237,15 @@ def test_create_part_in_a_missing_directory_is_a_storage_error(tmp_path: Path) -
     with pytest.raises(StorageError) as info:
         create_part(tmp_path / "no" / "such" / "out.bin", "out.bin", 10, CHUNK)
     assert "cannot create" in str(info.value)
+
+
+def test_part_file_space_is_reserved_up_front(tmp_path: Path) -> None:
+    """DEST.part gets its blocks at creation (posix_fallocate), so a full disk shows before the transfer."""
+    size = 3 * 1024 * 1024 + 5
+    part = create_part(tmp_path / "big.bin", "big.bin", size, 1024 * 1024)
+    try:
+        st = os.stat(part.path)
+        assert st.st_size == size
+        assert st.st_blocks * 512 >= size, "the .part file is sparse: space was not reserved"
+    finally:
+        part.close()
