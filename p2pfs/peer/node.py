@@ -36,7 +36,8 @@ class Peer:
         self.host = host
         self.port = port
         self.library: dict[str, ChunkFile] = {}
-        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw)
+        # P2PFS_WIRE=json (raw False): the seed's behaviour only, so no super-seeding substitutes either
+        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw, super_seed=raw)
         self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce)
         self.address: Address | None = None
 
