@@ -63,19 +63,21 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def session(port: int) -> Any:
+def session(host: str, port: int, same_host: bool = True) -> Any:
+    """A TCP-only session listening on host:port; `same_host`: every peer shares one IP address (on
+    127.0.0.1), which libtorrent refuses unless allow_multiple_connections_per_ip is on."""
     lt = libtorrent()
 
     return lt.session(
         {
-            "listen_interfaces": f"{HOST}:{port}",
+            "listen_interfaces": f"{host}:{port}",
             "enable_outgoing_utp": False,
             "enable_incoming_utp": False,
             "enable_dht": False,
             "enable_lsd": False,
             "enable_upnp": False,
             "enable_natpmp": False,
-            "allow_multiple_connections_per_ip": True,
+            "allow_multiple_connections_per_ip": same_host,
             "alert_mask": int(lt.alert_category.status | lt.alert_category.error),
         }
     )
@@ -127,10 +129,10 @@ def serve_until_stopped(ses: Any, stop: Stop) -> None:
         ses.pop_alerts()
 
 
-def run_seed(args: argparse.Namespace) -> int:
+def run_seed(args: argparse.Namespace, listen: tuple[str, int] = (HOST, 0), same_host: bool = True) -> int:
     stop = Stop()
     die_with_parent()
-    ses = session(0)
+    ses = session(*listen, same_host)
     handle = add_torrent(ses, args.torrent, args.save)
     emit({"event": "listening", "port": ses.listen_port()})
     while not handle.status().is_seeding:  # the seed checks its file once, before anything is timed
@@ -143,15 +145,21 @@ def run_seed(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_get(args: argparse.Namespace) -> int:
+def run_get(
+    args: argparse.Namespace,
+    listen: tuple[str, int],
+    peers: list[tuple[str, int]],
+    same_host: bool = True,
+    exit_when_done: bool = False,
+) -> int:
     lt = libtorrent()
 
     stop = Stop()
     die_with_parent()
-    ses = session(args.port)
+    ses = session(*listen, same_host)
     handle = add_torrent(ses, args.torrent, args.save)
-    for port in args.peers:
-        handle.connect_peer((HOST, port))
+    for peer in peers:
+        handle.connect_peer(peer)
     finished = False
     trace = Trace()
     while not finished:
@@ -168,7 +176,7 @@ def run_get(args: argparse.Namespace) -> int:
         finished = finished or handle.status().is_finished
     emit({"event": "done"})
     trace.status(handle)
-    if not args.exit:
+    if not exit_when_done:
         serve_until_stopped(ses, stop)
     return 0
 
@@ -272,7 +280,8 @@ def main() -> int:
     if args.role == "seed":
         return run_seed(args)
     if args.role == "get":
-        return run_get(args)
+        peers = [(HOST, port) for port in args.peers]
+        return run_get(args, (HOST, args.port), peers, exit_when_done=args.exit)
     interrupt_on_termination()  # a SIGTERM from libtorrent_side still stops the sessions started here
     started = time.monotonic()
     seconds = measure(args.file, args.workdir, args.downloaders, args.runs)
