@@ -110,7 +110,7 @@ class ChunkServer:
         chunk = request.chunknum
         if request.substitute and self.super_seeder is not None and shared is not None and shared.origin:
             chunk = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id)
-        reply = self._chunk_reply(request.filename, chunk, conn.remote)
+        reply = self._chunk_reply(shared, request.filename, chunk, conn.remote)
         if isinstance(reply, m.Error):
             conn.send(reply)
             return
@@ -130,8 +130,9 @@ class ChunkServer:
                 )
             )
 
-    def _chunk_reply(self, filename: str, chunk: int, remote: Address) -> m.Error | tuple[str, bytes]:
-        shared = self.library.get(filename)
+    def _chunk_reply(
+        self, shared: ChunkFile | None, filename: str, chunk: int, remote: Address
+    ) -> m.Error | tuple[str, bytes]:
         if shared is None:
             return m.Error(message=f"file not shared here: {filename}", request="PEER_REQUEST_CHUNK")
         if chunk not in shared.have:

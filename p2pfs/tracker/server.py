@@ -169,13 +169,13 @@ class TrackerServer:
         if isinstance(message, m.RequestChunkRegister):
             # The seed defines no reply; a registration that makes no sense is ignored.
             chunks = message.chunknums if message.chunknums is not None else [message.chunknum]
-            accepted = []
+            accepted: list[int] | None = [] if message.filename in self._watchers else None
             for chunk in chunks:
                 if registered is None or not registry.register_chunk(registered, message.filename, chunk):
                     log.debug("ignored chunk registration %s#%d from %s", message.filename, chunk, conn.remote)
-                else:
+                elif accepted is not None:
                     accepted.append(chunk)
-            if accepted and registered is not None and message.filename in self._watchers:
+            if accepted and registered is not None:  # (only files somebody watches make news)
                 self._add_news(message.filename, registered, accepted)
             return None
         kind = type(message).__struct_config__.tag
