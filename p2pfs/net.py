@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 from p2pfs.address import Address
-from p2pfs.errors import P2PFSError
-from p2pfs.protocol import framing
-from p2pfs.protocol.messages import AnyMessage, Error, Message
+from p2pfs.errors import P2PFSError, ProtocolError
+from p2pfs.protocol import auth, framing
+from p2pfs.protocol.limits import MAX_FRAME_SIZE, MAX_HANDSHAKE_FRAME
+from p2pfs.protocol.messages import AnyMessage, AuthChallenge, AuthProof, Error, Message
+from p2pfs.security import OPEN, TLS_HANDSHAKE_TIMEOUT, AuthenticationFailed, Security
 
 
 def env_seconds(name: str, default: float) -> float:
@@ -38,6 +42,10 @@ INITIAL_READ_BUFFER_SIZE = 4096
 READ_BUFFER_SIZE = 256 * 1024
 #: Listen backlog: thousands of peers reconnecting at once to a restarted tracker must not drop SYNs.
 LISTEN_BACKLOG = 4096
+#: Seconds of silence before TCP keepalive probes a registered peer's tracker connection.
+KEEPALIVE_IDLE = 15
+#: Seconds the secret handshake may take, from the connection's first byte to the last proof.
+HANDSHAKE_TIMEOUT = env_seconds("P2PFS_HANDSHAKE_TIMEOUT", 10.0)
 
 
 log = logging.getLogger("p2pfs.net")
@@ -77,14 +85,17 @@ class _Stream(asyncio.BufferedProtocol):
         self._error: str | None = None
         self._reading_paused = False
         self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        #: every coroutine waiting in `drain` (several tasks may send on one connection)
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self.handler: asyncio.Task[None] | None = None
+        self._tls = False
         #: set once the transport is gone
         self.closed = asyncio.Event()
 
     # -- transport callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's are not asyncio.Transport subclasses)
+        self._tls = transport.get_extra_info("sslcontext") is not None
         if self._on_connect is not None:
             self.handler = asyncio.get_running_loop().create_task(self._on_connect(Connection(self)))
 
@@ -110,7 +121,9 @@ class _Stream(asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         self._eof = True
         self._wake()
-        return True  # half-open: replies to what was already received still go out; the handler closes
+        # half-open: replies to what was already received still go out; the handler closes. (TLS cannot
+        # stay half-open, and asyncio warns when asked to.)
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -133,8 +146,10 @@ class _Stream(asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     def _wake_drain(self) -> None:
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _make_room(self, length: int) -> bool:
         """Make `length` bytes free after the unread ones (moving them to the front, growing the buffer
@@ -234,11 +249,13 @@ class _Stream(asyncio.BufferedProtocol):
             raise ConnectionResetError(self._error or "connection lost")
         if not self._write_paused:
             return
-        self._drain_waiter = asyncio.get_running_loop().create_future()
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiters.append(waiter)
         try:
-            await self._drain_waiter
+            await waiter
         finally:
-            self._drain_waiter = None
+            if waiter in self._drain_waiters:  # (cancelled: the others still wait)
+                self._drain_waiters.remove(waiter)
         if self._lost:
             raise ConnectionResetError(self._error or "connection lost")
 
@@ -256,7 +273,21 @@ class Connection:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peername = transport.get_extra_info("peername")
-        self.remote = Address(str(peername[0]), int(peername[1])) if peername else Address("?", 0)
+        self.remote = Address(source_host(str(peername[0])), int(peername[1])) if peername else Address("?", 0)
+        #: largest frame body this side accepts on this connection (servers lower it to what they expect)
+        self.max_frame = MAX_FRAME_SIZE
+
+    def keepalive(self, idle: int = KEEPALIVE_IDLE, interval: int = 5, count: int = 3) -> None:
+        """Probe a silent connection (TCP keepalive): a peer whose host vanished (power loss, cable) is
+        noticed within idle + interval * count seconds instead of never."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
     async def _read(self, length: int, timeout: float | None, timed_out: str) -> bytes | bytearray:
         """Exactly `length` bytes within `timeout`; every way of failing is ConnectionClosed.
@@ -280,12 +311,27 @@ class Connection:
         error = self._stream._error
         return f"connection to {self.remote} broken: {error}" if error else f"connection closed by {self.remote}"
 
-    async def recv_body(self, idle_timeout: float | None = None) -> bytes | bytearray:
+    async def recv_body(
+        self, idle_timeout: float | None = None, budget: ByteBudget | None = None
+    ) -> bytes | bytearray:
         """The next frame body. ConnectionClosed at EOF, after `idle_timeout` seconds without a frame, or
-        when a started frame does not complete within FRAME_TIMEOUT; FrameTooLarge before reading an
-        oversized body."""
+        when a started frame does not complete within FRAME_TIMEOUT; FrameTooLarge before reading a body
+        above `max_frame`. With a `budget`, a large body first takes its size from it (the caller gives it
+        back once done with the body), so many connections sending large frames at once cannot add up
+        to more memory than the budget."""
         header = await self._read(framing.HEADER_SIZE, idle_timeout, f"idle for {idle_timeout or 0:.0f} s")
-        length = framing.body_length(header)
+        length = framing.body_length(header, self.max_frame)
+        if budget is not None and length > budget.threshold:
+            try:
+                async with asyncio.timeout(FRAME_TIMEOUT):
+                    await budget.acquire(length)
+            except TimeoutError:
+                raise ConnectionClosed(f"{self.remote} waited {FRAME_TIMEOUT:.0f} s to send a large frame") from None
+            try:
+                return await self._read(length, FRAME_TIMEOUT, f"did not complete a frame in {FRAME_TIMEOUT:.0f} s")
+            except BaseException:
+                budget.release(length)
+                raise
         return await self._read(length, FRAME_TIMEOUT, f"did not complete a frame in {FRAME_TIMEOUT:.0f} s")
 
     async def recv_raw(self, length: int) -> bytes | bytearray:
@@ -351,31 +397,184 @@ class Connection:
                 await self._stream.closed.wait()
 
 
+class ByteBudget:
+    """Bytes that frames larger than `threshold` may hold at once, across all of a server's connections.
+    A connection whose large frame does not fit waits (its socket is not read meanwhile)."""
+
+    def __init__(self, limit: int, threshold: int) -> None:
+        self.limit = limit
+        self.threshold = threshold
+        self.free = limit
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, size: int) -> None:
+        size = min(size, self.limit)
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.free >= size)
+            self.free -= size
+
+    def release(self, size: int) -> None:
+        self.free += min(size, self.limit)
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+
 async def serve(
-    handler: Callable[[Connection], Coroutine[Any, Any, None]], host: str, port: int
+    handler: Callable[[Connection], Coroutine[Any, Any, None]],
+    host: str,
+    port: int,
+    security: Security = OPEN,
 ) -> asyncio.Server:
-    """Listen on host:port and run `handler(connection)` as a task for every connection accepted."""
+    """Listen on host:port and run `handler(connection)` as a task for every connection accepted (after
+    the TLS handshake, when `security` has TLS; the secret handshake is the handler's first step, see
+    `admit`, so that it runs after the server's connection limits)."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _Stream(handler), host, port, backlog=LISTEN_BACKLOG)
+    return await loop.create_server(
+        lambda: _Stream(handler),
+        host,
+        port,
+        backlog=LISTEN_BACKLOG,
+        ssl=security.server_ssl,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if security.tls else None,
+    )
 
 
-async def refuse_if_full(conn: Connection, open_connections: int, limit: int) -> bool:
-    """At the connection limit: tell the newcomer why, close it, and return True."""
-    if open_connections < limit:
+async def admit(conn: Connection, security: Security) -> bool:
+    """The accepting side of the secret handshake (see protocol.auth); True when the opener proved it
+    knows the secret, or when there is no secret. Anything else gets one ERROR, "authentication failed",
+    and the connection is closed: the opener learns no name, address or chunk."""
+    secret = security.secret
+    if secret is None:
+        return True
+    saved, conn.max_frame = conn.max_frame, MAX_HANDSHAKE_FRAME
+    request: str | None = None
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            body = await conn.recv_body()
+            hello = framing.decode(body)
+            request = "AUTH_CHALLENGE"
+            if isinstance(hello, AuthChallenge):
+                acceptor_nonce = auth.new_nonce()
+                conn.send(AuthChallenge(nonce=acceptor_nonce))
+                await conn.drain()
+                body = await conn.recv_body()
+                answer = framing.decode(body)
+                request = "AUTH_PROOF"
+                if isinstance(answer, AuthProof) and auth.check(
+                    secret, "opener", hello.nonce, acceptor_nonce, answer.proof
+                ):
+                    conn.send(AuthProof(proof=auth.proof(secret, "acceptor", hello.nonce, acceptor_nonce)))
+                    await conn.drain()
+                    conn.max_frame = saved
+                    return True
+            else:
+                request = framing.peek_type(body)
+    except (TimeoutError, ConnectionClosed):
+        log.info("%s did not complete the secret handshake", conn.remote)
+        conn.close()
         return False
-    log.warning("refusing %s: %d connections already (the limit)", conn.remote, limit)
+    except ProtocolError:
+        pass  # (a frame too large or unreadable for a handshake: refused like a wrong proof)
+    log.warning("%s failed the secret handshake; closing", conn.remote)
     with contextlib.suppress(ConnectionClosed):
-        conn.send(Error(message=f"too many connections (limit {limit})"))
+        conn.send(Error(message=auth.FAILED, request=request))
     await conn.aclose()
-    return True
+    return False
 
 
-async def connect(address: Address, timeout: float = CONNECT_TIMEOUT) -> Connection:
-    """Open a connection; ConnectionError/OSError/TimeoutError propagate for the caller to name."""
+async def _authenticate(conn: Connection, secret: bytes, peer: str) -> None:
+    """The opening side of the secret handshake; AuthenticationFailed if the other side does not prove it
+    knows the same secret (it is then told so and the connection closed)."""
+    opener_nonce = auth.new_nonce()
+    try:
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            challenge = await conn.request(AuthChallenge(nonce=opener_nonce))
+            if isinstance(challenge, AuthChallenge):
+                answer = await conn.request(
+                    AuthProof(proof=auth.proof(secret, "opener", opener_nonce, challenge.nonce))
+                )
+                if isinstance(answer, AuthProof) and auth.check(
+                    secret, "acceptor", opener_nonce, challenge.nonce, answer.proof
+                ):
+                    return
+                if not isinstance(answer, (AuthProof, Error)):
+                    raise AuthenticationFailed(f"{peer} {conn.remote} does not speak the secret handshake")
+                if isinstance(answer, Error):
+                    raise AuthenticationFailed(f"authentication failed: {peer} {conn.remote} refused our secret")
+            elif isinstance(challenge, Error) and challenge.message == auth.FAILED:
+                raise AuthenticationFailed(f"authentication failed: {peer} {conn.remote} refused our secret")
+            else:  # (a server without a secret answers the challenge as an unknown or unexpected message)
+                raise AuthenticationFailed(
+                    f"authentication failed: {peer} {conn.remote} does not use a shared secret"
+                )
+        with contextlib.suppress(ConnectionClosed):
+            conn.send(Error(message=auth.FAILED, request="AUTH_PROOF"))
+        raise AuthenticationFailed(f"authentication failed: {peer} {conn.remote} does not know our secret")
+    except TimeoutError:
+        raise AuthenticationFailed(f"{peer} {conn.remote} did not complete the secret handshake") from None
+    except ConnectionClosed as exc:
+        raise AuthenticationFailed(f"authentication failed: {peer} closed the connection ({exc})") from None
+    except ProtocolError as exc:
+        raise AuthenticationFailed(f"authentication failed: {peer} {conn.remote} sent {exc}") from None
+
+
+async def connect(
+    address: Address, timeout: float = CONNECT_TIMEOUT, security: Security = OPEN, peer: str = "peer"
+) -> Connection:
+    """Open a connection, with TLS and the secret handshake when `security` asks for them (`peer` names the
+    other side in errors: "tracker", "holder"). ConnectionError/OSError/TimeoutError propagate for the
+    caller to name; AuthenticationFailed when the other side fails or refuses admission."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        _, stream = await loop.create_connection(_Stream, address.host, address.port)
-    return Connection(stream)
+        _, stream = await loop.create_connection(
+            _Stream,
+            address.host,
+            address.port,
+            ssl=security.client_ssl,
+            server_hostname=address.host if security.tls else None,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if security.tls else None,
+        )
+    conn = Connection(stream)
+    if security.secret is not None:
+        try:
+            await _authenticate(conn, security.secret, peer)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
+
+
+def source_host(host: str) -> str:
+    """A connection's source host in its plain form: an IPv4 client of a dual-stack (`::`) listener
+    appears as `::ffff:10.0.0.2` and is recorded as `10.0.0.2`."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return host
+
+
+def quiet_tls_failures(loop: asyncio.AbstractEventLoop) -> None:
+    """Log a client's failed TLS handshake (a plaintext client, a rogue certificate) as one line, not as
+    the loop's default traceback: what a client sends must never fill the log with tracebacks."""
+    default = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, (ssl.SSLError, ConnectionError, TimeoutError)) or "SSL" in str(context.get("message", "")):
+            log.info("TLS: %s%s", context.get("message", "handshake failed"), f" ({exc})" if exc else "")
+            return
+        if default is not None:
+            default(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -386,6 +585,12 @@ def describe_os_error(exc: BaseException) -> str:
         return "connection refused"
     if isinstance(exc, socket.gaierror):
         return f"unknown host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected ({exc.verify_message or exc.reason})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed ({exc.reason or exc})"
+    if isinstance(exc, AuthenticationFailed):
+        return str(exc)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__

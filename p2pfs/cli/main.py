@@ -18,15 +18,16 @@ from pathlib import Path
 
 import msgspec
 
-from p2pfs import __version__
+from p2pfs import __version__, security
 from p2pfs.address import Address, parse_port
 from p2pfs.cli import render
 from p2pfs.cli.shell import Shell, error, say
 from p2pfs.errors import P2PFSError, TrackerUnavailable
-from p2pfs.net import describe_os_error, install_event_loop_policy
+from p2pfs.net import describe_os_error, install_event_loop_policy, quiet_tls_failures
 from p2pfs.peer.node import Peer
 from p2pfs.peer.transfer import DownloadResult, Progress
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.security import Security
 from p2pfs.tracker.server import TrackerServer
 
 #: Tracker port used by `p2pfs tracker --no-shell` when no --port is given.
@@ -64,6 +65,30 @@ def byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes or a suffix K, M (e.g. 256K, 1M)") from None
 
 
+def add_security_options(p: argparse.ArgumentParser) -> None:
+    """--secret-file and --tls-* (defaults from P2PFS_SECRET_FILE, P2PFS_TLS_CERT/KEY/CA)."""
+    env = os.environ.get
+    g = p.add_argument_group("private swarms (see docs/SECURITY.md)")
+    g.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        default=env("P2PFS_SECRET_FILE") or None,
+        help="admit only peers and trackers that know the secret in PATH (mode 600); env P2PFS_SECRET_FILE",
+    )
+    g.add_argument("--tls-cert", metavar="PATH", default=env("P2PFS_TLS_CERT") or None, help="this node's TLS certificate (PEM)")
+    g.add_argument("--tls-key", metavar="PATH", default=env("P2PFS_TLS_KEY") or None, help="its private key (PEM)")
+    g.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        default=env("P2PFS_TLS_CA") or None,
+        help="the CA that signs every member's certificate: all connections use TLS, verified both ways",
+    )
+
+
+def security_of(args: argparse.Namespace) -> Security:
+    return security.load(args.secret_file, args.tls_cert, args.tls_key, args.tls_ca)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="p2pfs", description="Peer-to-peer file distribution.")
     parser.add_argument("--version", action="version", version=f"p2pfs {__version__}")
@@ -74,12 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=port_number, help="listen at once on this port (0: any free port)")
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
+    add_security_options(p)
 
     p = sub.add_parser("peer", help="run a peer shell (connect, publish, list_file, download)")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve chunks on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=port_number, default=0, help="port to serve chunks on (default: any free)")
     p.add_argument("--tracker", type=tracker_address, metavar="H:P", help="connect to this tracker at start")
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
+    add_security_options(p)
 
     p = sub.add_parser("share", help="publish files, then serve them until interrupted")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -87,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=port_number, default=0)
     p.add_argument("--chunk-size", type=byte_size, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 1M)")
+    add_security_options(p)
 
     p = sub.add_parser("get", help="download a published file")
     p.add_argument("name", metavar="NAME")
@@ -96,10 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=port_number, default=0)
     p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines on stdout")
+    add_security_options(p)
 
     p = sub.add_parser("ls", help="list the files the tracker knows")
     p.add_argument("--tracker", type=tracker_address, required=True, metavar="H:P")
     p.add_argument("--json", action="store_true", help="print {name: [filesize, totalchunknum]} as JSON")
+    add_security_options(p)
     return parser
 
 
@@ -133,13 +163,16 @@ def status_to_stderr(line: str) -> None:
     print(f"p2pfs: {line}", file=sys.stderr, flush=True)
 
 
-async def start_peer(host: str, port: int, on_tracker_status: Callable[[str], None] = status_to_stderr) -> Peer:
+async def start_peer(
+    host: str, port: int, security: Security, on_tracker_status: Callable[[str], None] = status_to_stderr
+) -> Peer:
     peer = Peer(
         host,
         port,
         serve_delay=serve_delay_from_env(),
         on_tracker_status=on_tracker_status,
         raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json",
+        security=security,
     )
     try:
         await peer.start()
@@ -154,7 +187,7 @@ def publish_line(name: str, filesize: int, chunk_count: int) -> str:
 
 # -- tracker -----------------------------------------------------------------------------------------
 async def run_tracker(args: argparse.Namespace) -> int:
-    server = TrackerServer()
+    server = TrackerServer(security=security_of(args))
     stop = stop_on_signals() if args.no_shell else None
     try:
         if args.port is not None or args.no_shell:
@@ -206,7 +239,7 @@ def parse_port_arg(text: str) -> int:
 
 # -- peer --------------------------------------------------------------------------------------------
 async def run_peer(args: argparse.Namespace) -> int:
-    peer = await start_peer(args.host, args.port, say)
+    peer = await start_peer(args.host, args.port, security_of(args), say)
     stop = stop_on_signals() if args.no_shell else None
     try:
         say(f"listening on {peer.address}")
@@ -263,7 +296,7 @@ async def run_peer(args: argparse.Namespace) -> int:
 
 # -- one-shot commands ---------------------------------------------------------------------------------
 async def run_share(args: argparse.Namespace) -> int:
-    peer = await start_peer(args.host, args.port)
+    peer = await start_peer(args.host, args.port, security_of(args))
     stop = stop_on_signals()
     try:
         say(f"listening on {peer.address}")
@@ -281,7 +314,7 @@ async def run_share(args: argparse.Namespace) -> int:
 async def run_get(args: argparse.Namespace) -> int:
     dest: Path = args.dest if args.dest is not None else Path(args.name)
     on_status = (lambda line: emit_json({"event": "tracker", "message": line})) if args.json else status_to_stderr
-    peer = await start_peer(args.host, args.port, on_status)
+    peer = await start_peer(args.host, args.port, security_of(args), on_status)
     try:
         await peer.connect(args.tracker)
         if args.json:
@@ -348,7 +381,7 @@ def emit_json(obj: object) -> None:
 
 
 async def run_ls(args: argparse.Namespace) -> int:
-    peer = Peer()
+    peer = Peer(security=security_of(args))
     try:
         await peer.tracker.connect(args.tracker, None)
         reply = await peer.file_list()
@@ -363,6 +396,11 @@ async def run_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_command(args: argparse.Namespace) -> int:
+    quiet_tls_failures(asyncio.get_running_loop())
+    return await COMMANDS[args.command](args)
+
+
 COMMANDS = {"tracker": run_tracker, "peer": run_peer, "share": run_share, "get": run_get, "ls": run_ls}
 
 
@@ -372,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="p2pfs: %(levelname)s: %(message)s", stream=sys.stderr)
     install_event_loop_policy()
     try:
-        return asyncio.run(COMMANDS[args.command](args))
+        return asyncio.run(run_command(args))
     except (P2PFSError, TrackerUnavailable) as exc:
         print(f"p2pfs: error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -18,6 +18,7 @@ from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.security import OPEN, Security
 
 log = logging.getLogger("p2pfs.peer")
 
@@ -30,6 +31,7 @@ class Peer:
         serve_delay: float = 0.0,
         on_tracker_status: Callable[[str], None] | None = None,
         raw: bool = True,
+        security: Security = OPEN,
     ) -> None:
         #: use the binary chunk path (False: only the seed's base64 JSON, as P2PFS_WIRE=json asks)
         self.raw = raw
@@ -37,8 +39,9 @@ class Peer:
         self.port = port
         self.library: dict[str, ChunkFile] = {}
         # P2PFS_WIRE=json (raw False): the seed's behaviour only, so no super-seeding substitutes either
-        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw, super_seed=raw)
-        self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce)
+        self.security = security
+        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw, super_seed=raw, security=security)
+        self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce, security=security)
         self.address: Address | None = None
 
     async def start(self) -> Address:
@@ -122,6 +125,7 @@ class Peer:
             self_address=self.self_address,
             on_progress=on_progress,
             raw=self.raw,
+            security=self.security,
         ).run()
         if result.content_id is not None:
             # Now a complete holder: publish (joining the listed file) so the tracker counts this copy

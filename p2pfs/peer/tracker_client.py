@@ -22,7 +22,10 @@ from p2pfs.errors import (
     TrackerUnavailable,
 )
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
+from p2pfs.protocol import auth
 from p2pfs.protocol import messages as m
+from p2pfs.protocol.limits import MAX_REGISTER_BATCH
+from p2pfs.security import OPEN, AuthenticationFailed, Security
 
 log = logging.getLogger("p2pfs.peer")
 
@@ -33,7 +36,7 @@ REQUEST_TIMEOUT = env_seconds("P2PFS_REQUEST_TIMEOUT", 10.0)
 RECONNECT_FIRST_DELAY = 0.25
 RECONNECT_MAX_DELAY = 5.0
 #: Chunk numbers per batch REQUEST_CHUNK_REGISTER: at most ~7 bytes each, so ~460 KB per frame.
-REGISTER_BATCH = 65536
+REGISTER_BATCH = MAX_REGISTER_BATCH
 
 
 class TrackerClient:
@@ -46,7 +49,9 @@ class TrackerClient:
         on_status: Callable[[str], None] | None = None,
         on_reconnected: Callable[[], Awaitable[None]] | None = None,
         auto_reconnect: bool = True,
+        security: Security = OPEN,
     ) -> None:
+        self.security = security
         self.address: Address | None = None
         #: our address as the tracker recorded it (REPLY_REGISTER's extension field), if it said
         self.registered_as: Address | None = None
@@ -60,6 +65,10 @@ class TrackerClient:
         self._on_reconnected = on_reconnected
         #: who hears the tracker's pushed updates of each watched file
         self._watchers: dict[str, Callable[[m.ReplyFileLocation], None]] = {}
+        #: set once a registration succeeded: only then is a lost tracker reconnected in the background
+        self._registered = False
+        #: whether the current connection has carried any reply yet
+        self._answered = False
 
     @property
     def connected(self) -> bool:
@@ -77,10 +86,11 @@ class TrackerClient:
 
     async def _open(self, tracker: Address, server_address: Address | None) -> Address | None:
         try:
-            conn = await connect(tracker)
+            conn = await connect(tracker, security=self.security, peer="tracker")
         except (TimeoutError, OSError) as exc:
             raise TrackerUnavailable(f"cannot connect to tracker {tracker}: {describe_os_error(exc)}") from None
         self._conn = conn
+        self._answered = False
         self.address = tracker
         self._server_address = server_address
         self._reader = asyncio.create_task(self._read_replies(conn))
@@ -91,10 +101,12 @@ class TrackerClient:
             await self._drop_connection()
             raise TrackerError(f"tracker {tracker} refused registration: {_describe(reply)}")
         self.registered_as = Address(*reply.address) if reply.address else None
+        self._registered = True
         return self.registered_as
 
     async def close(self) -> None:
         """Close the connection for good (no reconnection)."""
+        self._registered = False
         task, self._reconnecting = self._reconnecting, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -118,18 +130,21 @@ class TrackerClient:
             await asyncio.sleep(delay)
             try:
                 await self._open(tracker, self._server_address)
-            except (TrackerUnavailable, TrackerError) as exc:
+            except P2PFSError as exc:  # (unreachable, refused, or failed admission: all retried)
                 log.debug("reconnection to tracker %s failed: %s", tracker, exc)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
-            self._reconnecting = None
             self._status(f"tracker {tracker} is back: registered again")
             if self._on_reconnected is not None:
                 try:
                     await self._on_reconnected()
                 except P2PFSError as exc:
                     log.warning("announcing to tracker %s after reconnecting failed: %s", tracker, exc)
-            return
+            if self._conn is not None:
+                # Done. (A loss while announcing did not start a second reconnection: this one goes on.)
+                self._reconnecting = None
+                return
+            delay = RECONNECT_FIRST_DELAY
 
     def _status(self, line: str) -> None:
         log.info("%s", line)
@@ -196,19 +211,32 @@ class TrackerClient:
             if self._reconnecting is not None:
                 raise TrackerUnavailable(f"tracker {self.address} is unreachable (reconnecting in the background)")
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
+        try:
+            conn.send(message)  # (FrameTooLarge propagates: nothing was sent, so nothing waits for a reply)
+        except ConnectionClosed as exc:
+            self._lost(conn)
+            raise TrackerUnavailable(f"lost the connection to tracker {self.address}: {exc}") from None
+        # Queued only once sent: a reply is owed to exactly the requests that went out, in order.
         future: asyncio.Future[m.AnyMessage] = asyncio.get_running_loop().create_future()
         self._pending.append(future)
         try:
-            conn.send(message)
             await conn.drain()
-            return await asyncio.wait_for(asyncio.shield(future), REQUEST_TIMEOUT)
-        except ConnectionClosed:
+            # (asyncio.timeout, not wait_for: see net.Connection._read.) On a timeout or a cancellation
+            # the future is cancelled but stays queued, so the reply it is owed is matched to it and dropped.
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                reply = await future
+        except ConnectionClosed as exc:
             self._lost(conn)
-            raise TrackerUnavailable(f"lost the connection to tracker {self.address}") from None
+            raise TrackerUnavailable(f"lost the connection to tracker {self.address}: {exc}") from None
         except TimeoutError:
             # A reply may still come and would answer the wrong request: this connection is done.
             self._lost(conn)
             raise TrackerUnavailable(f"tracker {self.address} did not answer in {REQUEST_TIMEOUT:.0f} s") from None
+        if isinstance(reply, m.Error) and reply.message == auth.FAILED:
+            raise AuthenticationFailed(
+                f"authentication failed: tracker {self.address} admits only members of its swarm (--secret-file)"
+            )
+        return reply
 
     async def _read_replies(self, conn: Connection) -> None:
         try:
@@ -231,37 +259,41 @@ class TrackerClient:
                 if isinstance(reply, m.Error) and reply.request == "REQUEST_CHUNK_REGISTER":
                     log.debug("tracker refused a chunk registration: %s", reply.message)
                     continue
+                self._answered = True
                 if not self._resolve(reply):
                     log.debug("unsolicited message from tracker: %r", reply)
-        except (ConnectionClosed, FrameTooLarge):
-            self._lost(conn)
+        except (ConnectionClosed, FrameTooLarge) as exc:
+            self._lost(conn, str(exc))
         except Exception:  # keep the peer alive; the connection is unusable now
             log.exception("tracker connection reader failed")
             self._lost(conn)
 
     def _resolve(self, outcome: m.AnyMessage | Exception) -> bool:
-        """Hand a reply (or the error standing for it) to the oldest waiting request."""
-        while self._pending:
-            future = self._pending.popleft()
-            if future.done():
-                continue
+        """Hand a reply (or the error standing for it) to the oldest request sent; the reply to a request
+        whose asker gave up (cancelled) is dropped with it."""
+        if not self._pending:
+            return False
+        future = self._pending.popleft()
+        if not future.done():
             if isinstance(outcome, Exception):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-            return True
-        return False
+        return True
 
-    def _lost(self, conn: Connection) -> None:
+    def _lost(self, conn: Connection, reason: str = "") -> None:
         if self._conn is not conn:
             return
         self._conn = None
         conn.close()
-        self._fail_pending(TrackerUnavailable(f"lost the connection to tracker {self.address}"))
-        if self.auto_reconnect and self._server_address is not None and self._reconnecting is None:
+        if not self._answered:
+            # Closed before answering anything: most likely a tracker that admits only members.
+            reason += (" (" if reason else "(") + "if the tracker uses TLS or a shared secret, give the same options)"
+        self._fail_pending(TrackerUnavailable(f"lost the connection to tracker {self.address}" + (f": {reason}" if reason else "")))
+        if self.auto_reconnect and self._registered and self._server_address is not None and self._reconnecting is None:
             self._status(f"tracker {self.address} is unreachable: reconnecting in the background")
             self._reconnecting = asyncio.create_task(self._reconnect())
-        elif self._reconnecting is None:
+        elif self._registered and self._reconnecting is None:
             self._status(f"lost the connection to tracker {self.address}")
 
     def _fail_pending(self, exc: Exception) -> None:

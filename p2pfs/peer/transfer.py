@@ -42,6 +42,7 @@ from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
 from p2pfs.protocol import hashes
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.security import OPEN, Security
 
 log = logging.getLogger("p2pfs.peer")
 
@@ -143,9 +144,11 @@ class Download:
         on_progress: Callable[[Progress], None] | None = None,
         refresh_interval: float = REFRESH_INTERVAL,
         raw: bool = True,
+        security: Security = OPEN,
     ) -> None:
         #: ask holders for the binary fast path (they answer base64 JSON if they do not know it)
         self.raw = raw
+        self.security = security
         self.tracker = tracker
         self.library = library
         self.name = name
@@ -280,8 +283,9 @@ class Download:
                 last_refresh = time.monotonic()
                 continue
             timeout = max(0.0, last_refresh + interval - time.monotonic())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):  # (not wait_for: see net.Connection._read)
+                    await self._changed.wait()
             if not picker.complete and time.monotonic() - last_refresh >= interval:
                 news = await self._refresh()
                 last_refresh = time.monotonic()
@@ -351,7 +355,7 @@ class Download:
 
     async def _connect_holder(self, address: Address, chunks: list[int]) -> None:
         try:
-            conn = await connect(address, PING_TIMEOUT)
+            conn = await connect(address, PING_TIMEOUT, self.security, "holder")
             try:
                 sent = time.monotonic()
                 async with asyncio.timeout(PING_TIMEOUT):

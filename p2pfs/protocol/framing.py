@@ -7,6 +7,7 @@ the I/O layer only move bytes.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import msgspec
@@ -58,12 +59,23 @@ def frame(body: bytes | bytearray) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def body_length(header: bytes | bytearray) -> int:
-    """The body length announced by a 4-byte header; FrameTooLarge above MAX_FRAME_SIZE."""
+def body_length(header: bytes | bytearray, limit: int = MAX_FRAME_SIZE) -> int:
+    """The body length announced by a 4-byte header; FrameTooLarge above `limit` (the receiver's: every
+    server accepts only frames as large as what it is sent legitimately, see limits)."""
     (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME_SIZE:
-        raise FrameTooLarge(f"frame of {length} bytes announced; the limit is {MAX_FRAME_SIZE}")
+    if length > limit:
+        raise FrameTooLarge(f"frame of {length} bytes announced; the limit is {limit}")
     return int(length)
+
+
+_LEADING_TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"([A-Z_]{1,40})"')
+
+
+def leading_type(body: bytes | bytearray | memoryview) -> str | None:
+    """The `type` of a body that begins with it (as p2pfs writes every message), from its first bytes
+    only; None otherwise. Lets a server refuse a large frame of the wrong kind without parsing it."""
+    match = _LEADING_TYPE.match(bytes(body[:64]))
+    return match.group(1).decode("ascii") if match else None
 
 
 def decode(body: bytes | bytearray | memoryview) -> AnyMessage:

@@ -27,3 +27,27 @@ MAX_FILENAME_BYTES = 255
 
 #: Longest host name in REQUEST_REGISTER (DNS limit).
 MAX_HOST_LENGTH = 253
+
+#: Most chunk numbers in one batch REQUEST_CHUNK_REGISTER (`chunknums`): ~460 KB of JSON. Enforced on
+#: receive, so one frame buys the tracker a bounded amount of work (the same cap the sender batches by).
+MAX_REGISTER_BATCH = 65536
+
+#: Largest frame a tracker accepts: a REQUEST_PUBLISH carrying the hashes of a MAX_CHUNKS file
+#: (8 MiB, 11.2 MB as base64) and its header. Every other request is small (see MAX_SMALL_FRAME).
+MAX_TRACKER_FRAME = 12 * 1024 * 1024
+
+#: Largest frame of any type but REQUEST_PUBLISH that a tracker accepts: a full batch registration is
+#: ~460 KB. A larger frame must be a REQUEST_PUBLISH whose body begins with its `type` (p2pfs writes it
+#: first), so a tracker can refuse a 12 MB flood of something else without parsing it.
+MAX_SMALL_FRAME = 1024 * 1024
+
+#: Largest frame a chunk server accepts: it receives only PEER_REQUEST_CHUNK, PEER_PING_PONG and the
+#: handshake, each well under 1 KiB (a 255-byte name, a 64-digit nonce or proof).
+MAX_CHUNK_SERVER_FRAME = 8 * 1024
+
+#: Largest frame accepted before a connection has passed the secret handshake (AUTH_* messages only).
+MAX_HANDSHAKE_FRAME = 4 * 1024
+
+#: Bytes of a handshake nonce and of an HMAC-SHA256 proof.
+NONCE_SIZE = 32
+PROOF_SIZE = 32

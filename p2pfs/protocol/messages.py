@@ -18,10 +18,15 @@ from p2pfs.protocol.limits import (
     MAX_CHUNKS,
     MAX_FILENAME_BYTES,
     MAX_HOST_LENGTH,
+    MAX_REGISTER_BATCH,
     MIN_CHUNK_SIZE,
+    NONCE_SIZE,
+    PROOF_SIZE,
 )
+from p2pfs.safetext import unsafe_character
 
-# A published name is a plain file name: no path separators, no NUL, not "." or "..".
+# A published name is a plain file name: no path separators, no NUL, not "." or "..". Control characters
+# and bidirectional overrides are refused too (checked in __post_init__, see p2pfs.safetext).
 Filename = Annotated[
     str,
     msgspec.Meta(min_length=1, max_length=MAX_FILENAME_BYTES, pattern=r"^(?!\.\.?$)[^/\\\x00]+$"),
@@ -34,6 +39,8 @@ ChunkLength = Annotated[int, msgspec.Meta(ge=0, le=MAX_CHUNK_SIZE)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(max_length=MAX_HOST_LENGTH)]
 Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
+Nonce = Annotated[str, msgspec.Meta(pattern=rf"^[0-9a-f]{{{2 * NONCE_SIZE}}}$")]
+Proof = Annotated[str, msgspec.Meta(pattern=rf"^[0-9a-f]{{{2 * PROOF_SIZE}}}$")]
 
 #: (filesize, totalchunknum), a JSON array of two integers.
 FileInfo = tuple[FileSize, ChunkCount]
@@ -43,11 +50,15 @@ class Message(msgspec.Struct, tag_field="type", forbid_unknown_fields=False):
     """Base of every message; `type` is the tag."""
 
 
-def _check_filename_bytes(name: str) -> None:
+def _check_filename(name: str) -> None:
     # msgspec's max_length counts characters; the limit is in UTF-8 bytes. A ValueError raised in
-    # __post_init__ becomes a msgspec.ValidationError, like any other schema violation.
+    # __post_init__ becomes a msgspec.ValidationError, like any other schema violation. The name itself
+    # is never quoted in the error: it is what a terminal must not see.
     if len(name.encode("utf-8", "surrogatepass")) > MAX_FILENAME_BYTES:
         raise ValueError(f"filename longer than {MAX_FILENAME_BYTES} UTF-8 bytes")
+    bad = unsafe_character(name)
+    if bad is not None:
+        raise ValueError(f"filename contains a control character ({bad})")
 
 
 class _NamesFile(Message):
@@ -56,11 +67,16 @@ class _NamesFile(Message):
     filename: Filename
 
     def __post_init__(self) -> None:
-        _check_filename_bytes(self.filename)
+        _check_filename(self.filename)
 
 
 class RequestRegister(Message, tag="REQUEST_REGISTER"):
     address: tuple[Host, Port]
+
+    def __post_init__(self) -> None:
+        bad = unsafe_character(self.address[0])
+        if bad is not None:
+            raise ValueError(f"host contains a control character ({bad})")
 
 
 class ReplyRegister(Message, tag="REPLY_REGISTER", omit_defaults=True):
@@ -111,9 +127,17 @@ class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults
 ChunkRange = tuple[ChunkNumber, Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNKS)]]
 
 
+#: Most runs a holder's chunks can form (every other chunk held), and most holders one reply may name.
+MAX_RUNS = MAX_CHUNKS // 2 + 1
+MAX_HOLDERS_LISTED = 65536
+
+HolderNumbers = Annotated[list[ChunkNumber], msgspec.Meta(max_length=MAX_CHUNKS)]
+HolderRuns = Annotated[list[ChunkRange], msgspec.Meta(max_length=MAX_RUNS)]
+
+
 class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     filename: str
-    chunkinfo: dict[str, list[ChunkNumber]]
+    chunkinfo: Annotated[dict[str, HolderNumbers], msgspec.Meta(max_length=MAX_HOLDERS_LISTED)]
     # extensions: the file's (filesize, totalchunknum) and chunk size, so a downloader needs no other call
     fileinfo: FileInfo | None = None
     chunksize: ChunkSize | None = None
@@ -122,10 +146,21 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     contentid: str | None = None
     # extension, only to a request with `ranges`: each holder's chunks as runs [first, end); `chunkinfo`
     # is then empty. A complete holder of a 100 GiB file is `[[0, 102400]]`, not 102,400 numbers.
-    chunkranges: dict[str, list[ChunkRange]] | None = None
+    chunkranges: Annotated[dict[str, HolderRuns], msgspec.Meta(max_length=MAX_HOLDERS_LISTED)] | None = None
     # extension: an unsolicited update to a watcher (see REQUEST_FILE_LOCATION.watch), not a reply to a
     # request; `chunkranges` then holds only chunks registered since the last update
     update: bool = False
+    # extension: the holders (`host:port`) that published the file from their own copy (REQUEST_PUBLISH);
+    # only these super-seed, so a downloader asks only them for `substitute` and accepts substitutes
+    # from no one else
+    publishers: Annotated[list[str], msgspec.Meta(max_length=MAX_HOLDERS_LISTED)] | None = None
+
+    def __post_init__(self) -> None:
+        # (a tracker builds replies with pre-encoded msgspec.Raw values in place of bytes: checked on decode)
+        if isinstance(self.chunkhashes, bytes) and (
+            len(self.chunkhashes) % DIGEST_SIZE or len(self.chunkhashes) > DIGEST_SIZE * MAX_CHUNKS
+        ):
+            raise ValueError(f"chunkhashes must hold {DIGEST_SIZE} bytes per chunk, for at most {MAX_CHUNKS} chunks")
 
     def holder_chunks(self) -> dict[str, list[int]]:
         """Each holder's chunk numbers, whichever form the tracker used (ranges are checked: ProtocolError
@@ -142,7 +177,7 @@ class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaul
     chunknum: ChunkNumber
     # extension (batch form): every chunk number to register; `chunknum` is then the first of them, so a
     # tracker that knows only the seed's form still registers one
-    chunknums: list[ChunkNumber] | None = None
+    chunknums: Annotated[list[ChunkNumber], msgspec.Meta(max_length=MAX_REGISTER_BATCH)] | None = None
 
 
 class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK", omit_defaults=True):
@@ -180,6 +215,20 @@ class Error(Message, tag="ERROR", omit_defaults=True):
     request: str | None = None
 
 
+class AuthChallenge(Message, tag="AUTH_CHALLENGE"):
+    """Extension (admission by shared secret): a fresh random nonce, sent first by the side that opened the
+    connection, then by the side that accepted it."""
+
+    nonce: Nonce
+
+
+class AuthProof(Message, tag="AUTH_PROOF"):
+    """Extension (admission by shared secret): HMAC-SHA256 over both nonces, proving the sender knows the
+    secret; sent first by the connecting side, then (once that proof checks) by the accepting side."""
+
+    proof: Proof
+
+
 AnyMessage = (
     RequestRegister
     | ReplyRegister
@@ -194,6 +243,8 @@ AnyMessage = (
     | PeerReplyChunk
     | PeerPingPong
     | Error
+    | AuthChallenge
+    | AuthProof
 )
 
 #: The 12 message types of the seed's table, by wire name (ERROR is our addition).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -22,6 +22,20 @@ from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNKS
 #: (a bit per chunk per holder and a counter per chunk, ~2 MB for the largest file), so a single
 #: connection cannot buy unbounded memory with a few small frames.
 MAX_PUBLISHED_CHUNKS_PER_PEER = 4 * MAX_CHUNKS
+#: Most chunks one peer may publish without chunk hashes (the seed's form, 64 GiB at 1 MiB chunks): a
+#: publish with hashes pays for its reservation with 32 bytes sent per chunk, one without costs ~30 bytes
+#: for up to 2 MB of tracker memory.
+MAX_UNHASHED_CHUNKS_PER_PEER = 1 << 16
+
+# Global caps, whatever the number of peers: what the tracker's memory can grow to under any load.
+#: Listed names.
+MAX_FILES = 65536
+#: Chunks of all listed files together (an availability counter each: 8 bytes; 32 Mi chunks, 256 MiB).
+MAX_LISTED_CHUNKS = 1 << 25
+#: (file, holder) records: each holder of each file.
+MAX_HOLDER_RECORDS = 1 << 20
+#: Chunk bits of all holder records together (their bitmaps: 2^31 bits, 256 MiB).
+MAX_HOLDER_BITS = 1 << 31
 
 T = TypeVar("T")
 
@@ -123,6 +137,8 @@ class FileRecord:
     availability: list[int] = field(default_factory=list)
     #: values derived from the record's fixed fields (such as the encoded chunk hashes), made once
     memo: dict[str, object] = field(default_factory=dict)
+    #: holders that published the file from their own copy (REQUEST_PUBLISH): the super-seeders
+    publishers: set[Address] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if not self.availability:
@@ -145,11 +161,25 @@ class PublishRefused(Exception):
 class Registry:
     """Peers, files and chunk holders. Every method is a plain, synchronous state change."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        max_files: int = MAX_FILES,
+        max_listed_chunks: int = MAX_LISTED_CHUNKS,
+        max_holder_records: int = MAX_HOLDER_RECORDS,
+        max_holder_bits: int = MAX_HOLDER_BITS,
+    ) -> None:
         self.peers: set[Address] = set()
         self.files: dict[str, FileRecord] = {}
         #: files each peer holds chunks of, so removing a peer touches only those files
         self._files_of: dict[Address, set[str]] = {}
+        self.max_files = max_files
+        self.max_listed_chunks = max_listed_chunks
+        self.max_holder_records = max_holder_records
+        self.max_holder_bits = max_holder_bits
+        #: what the caps count: chunks of listed files, holder records, and their chunk bits
+        self.listed_chunks = 0
+        self.holder_records = 0
+        self.holder_bits = 0
 
     # -- peers ---------------------------------------------------------------------------------
     def add_peer(self, address: Address) -> None:
@@ -165,8 +195,11 @@ class Registry:
             if record is None:
                 continue
             held = record.holders.pop(address, None)
-            for chunk in held if held is not None else ():
-                record.availability[chunk] -= 1
+            if held is not None:
+                self._dropped_record(record)
+                for chunk in held:
+                    record.availability[chunk] -= 1
+            record.publishers.discard(address)
             if not record.complete:
                 self._delist(name)
                 delisted.append(name)
@@ -191,6 +224,17 @@ class Registry:
             raise PublishRefused(
                 f"this peer already publishes {published} chunks; the limit is {MAX_PUBLISHED_CHUNKS_PER_PEER}"
             )
+        if chunk_hashes is None:
+            unhashed = sum(
+                self.files[n].chunk_count
+                for n in self._files_of[address]
+                if n in self.files and self.files[n].chunk_hashes is None
+            )
+            if unhashed + chunk_count > MAX_UNHASHED_CHUNKS_PER_PEER:
+                raise PublishRefused(
+                    f"this peer already publishes {unhashed} chunks without chunk hashes; the limit is "
+                    f"{MAX_UNHASHED_CHUNKS_PER_PEER} (publish with chunkhashes for more)"
+                )
         existing = self.files.get(name)
         if existing is not None:
             same_content = (
@@ -202,15 +246,14 @@ class Registry:
             if not same_content:
                 raise PublishRefused(f"a file named {name!r} is already published (with different content)")
             if address not in existing.holders:  # joining as a new holder of every chunk: no per-chunk work
+                self._check_room(new_records=1, new_bits=chunk_count)
                 existing.holders[address] = ChunkSet(chunk_count, full=True)
+                self._added_record(existing)
                 existing.availability = [a + 1 for a in existing.availability]
                 self._files_of[address].add(name)
             else:
-                for chunk in range(chunk_count):
-                    self.register_chunk(address, name, chunk)
-            if chunk_count == 0:
-                existing.holders.setdefault(address, ChunkSet(0))
-                self._files_of[address].add(name)
+                self.register_chunks(address, name, range(chunk_count))
+            existing.publishers.add(address)
             return existing
         size = chunk_size or DEFAULT_CHUNK_SIZE
         expected = -(-filesize // size)
@@ -219,27 +262,75 @@ class Registry:
                 f"fileinfo is inconsistent: {filesize} bytes in chunks of {size} make {expected} chunks, "
                 f"not {chunk_count}"
             )
+        if len(self.files) >= self.max_files:
+            raise PublishRefused(f"tracker full: {len(self.files)} files listed (the limit)")
+        if self.listed_chunks + chunk_count > self.max_listed_chunks:
+            raise PublishRefused(f"tracker full: {self.listed_chunks} chunks listed; the limit is {self.max_listed_chunks}")
+        self._check_room(new_records=1, new_bits=chunk_count)
         record = FileRecord(name, filesize, chunk_count, chunk_size, chunk_hashes)
         if chunk_hashes is not None:
             record.content_id = hashes.content_id(chunk_hashes)
         self.files[name] = record
+        self.listed_chunks += chunk_count
         record.holders[address] = ChunkSet(chunk_count, full=True)
+        self._added_record(record)
         record.availability = [1] * chunk_count
+        record.publishers.add(address)
         self._files_of[address].add(name)
         return record
 
     def register_chunk(self, address: Address, name: str, chunk: int) -> bool:
         """Record that `address` now holds `chunk` of `name`; False if that makes no sense (ignored)."""
+        return bool(self.register_chunks(address, name, (chunk,))) or self._holds(address, name, chunk)
+
+    def register_chunks(self, address: Address, name: str, chunks: Iterable[int]) -> list[int]:
+        """Record that `address` now holds `chunks` of `name`; returns those it did not hold yet. Numbers
+        that make no sense (no such file or chunk, an unregistered peer, the tracker full) are ignored."""
         record = self.files.get(name)
-        if record is None or address not in self.peers or not 0 <= chunk < record.chunk_count:
-            return False
+        if record is None or address not in self.peers:
+            return []
         held = record.holders.get(address)
+        new = held is None
         if held is None:
-            held = record.holders[address] = ChunkSet(record.chunk_count)
-        if held.add(chunk):
-            record.availability[chunk] += 1
+            if not self._has_room(1, record.chunk_count):
+                return []
+            held = ChunkSet(record.chunk_count)
+        count, availability, add = record.chunk_count, record.availability, held.add
+        gained = [c for c in chunks if 0 <= c < count and add(c)]
+        if new and gained:  # (a holder record only for a holder of something)
+            record.holders[address] = held
+            self._added_record(record)
             self._files_of[address].add(name)
-        return True
+        for chunk in gained:
+            availability[chunk] += 1
+        return gained
+
+    def _holds(self, address: Address, name: str, chunk: int) -> bool:
+        record = self.files.get(name)
+        held = record.holders.get(address) if record is not None else None
+        return held is not None and chunk in held
+
+    # -- the global caps -------------------------------------------------------------------------------
+    def _has_room(self, new_records: int, new_bits: int) -> bool:
+        return (
+            self.holder_records + new_records <= self.max_holder_records
+            and self.holder_bits + new_bits <= self.max_holder_bits
+        )
+
+    def _check_room(self, new_records: int, new_bits: int) -> None:
+        if not self._has_room(new_records, new_bits):
+            raise PublishRefused(
+                f"tracker full: {self.holder_records} holder records of {self.holder_bits} chunks "
+                f"(limits {self.max_holder_records} and {self.max_holder_bits})"
+            )
+
+    def _added_record(self, record: FileRecord) -> None:
+        self.holder_records += 1
+        self.holder_bits += record.chunk_count
+
+    def _dropped_record(self, record: FileRecord) -> None:
+        self.holder_records -= 1
+        self.holder_bits -= record.chunk_count
 
     def file_list(self) -> dict[str, tuple[int, int]]:
         return {name: record.fileinfo for name, record in self.files.items()}
@@ -253,6 +344,9 @@ class Registry:
 
     def _delist(self, name: str) -> None:
         record = self.files.pop(name)
+        self.listed_chunks -= record.chunk_count
+        for _ in record.holders:
+            self._dropped_record(record)
         for holder in record.holders:
             files = self._files_of.get(holder)
             if files is not None:

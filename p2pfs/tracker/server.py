@@ -10,10 +10,13 @@ from typing import cast
 import msgspec
 
 from p2pfs.address import Address
-from p2pfs.errors import FrameTooLarge, ProtocolError
-from p2pfs.net import Connection, ConnectionClosed, env_seconds, refuse_if_full, serve
+from p2pfs.errors import FrameTooLarge
+from p2pfs.net import ByteBudget, Connection, ConnectionClosed, env_seconds
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
+from p2pfs.protocol.limits import MAX_SMALL_FRAME, MAX_TRACKER_FRAME
+from p2pfs.security import OPEN, Security
+from p2pfs.server import FrameServer
 from p2pfs.tracker.registry import ChunkSet, FileRecord, PublishRefused, Registry
 
 log = logging.getLogger("p2pfs.tracker")
@@ -21,6 +24,14 @@ log = logging.getLogger("p2pfs.tracker")
 #: Most simultaneous connections; one per peer. 2,000 simulated peers must fit (the tracker benchmark),
 #: and each costs a socket and a few KiB.
 MAX_CONNECTIONS = 8192
+#: Most connections from one source host: a quarter of the whole, so one host cannot take every slot
+#: (a cluster host runs a few peers; the tracker benchmark runs 2,000 from one host).
+MAX_CONNECTIONS_PER_HOST = 2048
+#: Bytes that frames above MAX_SMALL_FRAME (publishes with chunk hashes) may hold at once, across all
+#: connections: five of the largest. Others wait their turn, unread.
+LARGE_FRAME_BUDGET = 5 * MAX_TRACKER_FRAME
+#: Chunk numbers of a batch registration taken in one turn of the event loop (~2 ms of work).
+REGISTER_SLICE = 4096
 #: Seconds a connection that has not registered may stay silent (registered peers may stay silent).
 UNREGISTERED_IDLE_TIMEOUT = env_seconds("P2PFS_IDLE_TIMEOUT", 60.0)
 #: Files one connection may watch at once (REQUEST_FILE_LOCATION.watch); more are answered, not watched.
@@ -34,16 +45,22 @@ PUSH_DELAY_PER_WATCHER = 0.0001
 PUSH_BACKLOG_LIMIT = 1 << 20
 
 
-class TrackerServer:
+class TrackerServer(FrameServer):
     """Listens for peers; the connection to a registered peer is its presence in the swarm."""
 
-    def __init__(self, registry: Registry | None = None) -> None:
+    kind = "tracker"
+
+    def __init__(self, registry: Registry | None = None, security: Security = OPEN) -> None:
+        super().__init__(
+            security,
+            max_connections=MAX_CONNECTIONS,
+            max_connections_per_host=MAX_CONNECTIONS_PER_HOST,
+            max_frame=MAX_TRACKER_FRAME,
+            budget=ByteBudget(LARGE_FRAME_BUDGET, MAX_SMALL_FRAME),
+        )
         self.registry = registry or Registry()
-        self._server: asyncio.Server | None = None
         self._address_of: dict[Connection, Address] = {}
         self._connection_of: dict[Address, Connection] = {}
-        self._handlers: set[asyncio.Task[None]] = set()
-        self.address: Address | None = None
         #: connections watching each file, and the files each connection watches
         self._watchers: dict[str, set[Connection]] = {}
         self._watching: dict[Connection, set[str]] = {}
@@ -51,95 +68,59 @@ class TrackerServer:
         self._news: dict[str, dict[Address, ChunkSet]] = {}
         self._push_scheduled: set[str] = set()
 
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
     async def start(self, host: str, port: int) -> Address:
-        """Listen on host:port (port 0 picks a free one); return the address actually bound."""
-        self._server = await serve(self._on_connect, host, port)
-        sockname = self._server.sockets[0].getsockname()
-        self.address = Address(host or str(sockname[0]), int(sockname[1]))
-        log.info("listening on %s", self.address)
-        return self.address
-
-    async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for conn in list(self._address_of) + [c for c in self._connection_of.values()]:
-            conn.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
-        self._server = None
+        address = await super().start(host, port)
+        log.info("listening on %s (%s)", address, self.security.describe())
+        return address
 
     def connected_peers(self) -> list[tuple[Address, Address]]:
         """(registered address, connection's remote address) of every registered peer."""
         return sorted((addr, conn.remote) for conn, addr in self._address_of.items())
 
-    async def _on_connect(self, conn: Connection) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        if await refuse_if_full(conn, len(self._handlers), MAX_CONNECTIONS):
-            return
-        self._handlers.add(task)
-        try:
-            await self._serve(conn)
-        except (asyncio.CancelledError, ConnectionClosed):
-            pass  # (a client that leaves before reading its replies is not an error of ours)
-        except Exception:  # a bug must not take the tracker down with it
-            log.exception("error while serving %s", conn.remote)
-        finally:
-            self._forget(conn)
-            self._unwatch_all(conn)
-            conn.close()
-            self._handlers.discard(task)
+    # -- the FrameServer hooks ---------------------------------------------------------------------------
+    def idle_timeout(self, conn: Connection) -> float | None:
+        # A registered peer's connection is its presence and may stay quiet for ever; any other
+        # connection that goes quiet is dropped, so idle sockets cannot pile up.
+        return None if conn in self._address_of else UNREGISTERED_IDLE_TIMEOUT
 
-    async def _serve(self, conn: Connection) -> None:
-        while True:
+    def check_frame(self, conn: Connection, body: bytes | bytearray) -> str | None:
+        if len(body) > MAX_SMALL_FRAME and framing.leading_type(body) != "REQUEST_PUBLISH":
+            return (
+                f"frame of {len(body)} bytes refused: only a REQUEST_PUBLISH (with its type first) may exceed "
+                f"{MAX_SMALL_FRAME} bytes"
+            )
+        return None
+
+    def on_close(self, conn: Connection) -> None:
+        self._forget(conn)
+        self._unwatch_all(conn)
+
+    async def handle(self, conn: Connection, message: m.AnyMessage) -> None:
+        if isinstance(message, m.RequestChunkRegister):
+            await self._register_chunks(conn, message)
+            return
+        reply = self._dispatch(conn, message)
+        if reply is not None:
             try:
-                # A registered peer's connection is its presence and may stay quiet for ever; any other
-                # connection that goes quiet is dropped, so idle sockets cannot pile up.
-                idle = None if conn in self._address_of else UNREGISTERED_IDLE_TIMEOUT
-                body = await conn.recv_body(idle)
+                conn.send(reply)
             except FrameTooLarge as exc:
-                log.warning("%s: %s; closing", conn.remote, exc)
-                conn.send(m.Error(message=str(exc)))
-                await conn.drain()
-                return
-            except ConnectionClosed:
-                return
-            try:
-                message = framing.decode(body)
-            except ProtocolError as exc:
-                log.warning("%s: %s", conn.remote, exc)
-                conn.send(m.Error(message=str(exc), request=framing.peek_type(body)))
-                await conn.drain()
-                continue
-            if isinstance(message, m.PeerPingPong):
-                conn.send_raw(framing.frame(body))  # sent back exactly as received
-            else:
-                reply = self._dispatch(conn, message)
-                if reply is not None:
-                    try:
-                        conn.send(reply)
-                    except FrameTooLarge as exc:
-                        log.warning("%s: reply not sent: %s", conn.remote, exc)
-                        kind = str(type(message).__struct_config__.tag)
-                        conn.send(m.Error(message=f"reply too large to send: {exc}", request=kind))
-            await conn.drain()
+                log.warning("%s: reply not sent: %s", conn.remote, exc)
+                kind = str(type(message).__struct_config__.tag)
+                conn.send(m.Error(message=f"reply too large to send: {exc}", request=kind))
 
     def _dispatch(self, conn: Connection, message: m.AnyMessage) -> m.Message | None:
         registry = self.registry
         if isinstance(message, m.RequestRegister):
-            host, port = message.address
-            try:
-                address = Address.of(host, port) if host.strip() else Address("", port)
-            except ValueError as exc:
-                return m.Error(message=f"bad address: {exc}", request="REQUEST_REGISTER")
-            if address.is_wildcard:
-                address = Address(conn.remote.host, port)
+            # The recorded host is always the connection's source host (the claimed one is only checked):
+            # peers reach each other where the tracker sees them come from, a wildcard needs no special
+            # case, and no connection can claim another host's address.
+            address = Address(conn.remote.host, message.address[1])
+            holder = self._connection_of.get(address)
+            if holder is not None and holder is not conn and not holder.transport.is_closing():
+                log.warning("%s tried to register %s, held by a live connection", conn.remote, address)
+                return m.Error(
+                    message=f"address {address} is registered by another live connection", request="REQUEST_REGISTER"
+                )
             self._register(conn, address)
             return m.ReplyRegister(address=(address.host, address.port))
         if isinstance(message, m.RequestFileList):
@@ -166,20 +147,26 @@ class TrackerServer:
             if message.filename in self._watchers:  # a new complete holder joined the listed file
                 self._add_news(message.filename, registered, range(chunk_count))
             return m.ReplyPublish(result=True, message="")
-        if isinstance(message, m.RequestChunkRegister):
-            # The seed defines no reply; a registration that makes no sense is ignored.
-            chunks = message.chunknums if message.chunknums is not None else [message.chunknum]
-            accepted: list[int] | None = [] if message.filename in self._watchers else None
-            for chunk in chunks:
-                if registered is None or not registry.register_chunk(registered, message.filename, chunk):
-                    log.debug("ignored chunk registration %s#%d from %s", message.filename, chunk, conn.remote)
-                elif accepted is not None:
-                    accepted.append(chunk)
-            if accepted and registered is not None:  # (only files somebody watches make news)
-                self._add_news(message.filename, registered, accepted)
-            return None
         kind = type(message).__struct_config__.tag
         return m.Error(message=f"unexpected message type {kind} for a tracker", request=str(kind))
+
+    async def _register_chunks(self, conn: Connection, message: m.RequestChunkRegister) -> None:
+        """REQUEST_CHUNK_REGISTER (no reply: the seed defines none; what makes no sense is ignored). A batch
+        is taken in slices, the loop turning to other connections between them."""
+        registered = self._address_of.get(conn)
+        if registered is None:
+            log.debug("ignored chunk registration of %s from unregistered %s", message.filename, conn.remote)
+            return
+        chunks = message.chunknums if message.chunknums is not None else [message.chunknum]
+        name = message.filename
+        for start in range(0, len(chunks), REGISTER_SLICE):
+            if start:
+                await asyncio.sleep(0)
+                if self._address_of.get(conn) != registered:  # (left or re-registered meanwhile)
+                    return
+            accepted = self.registry.register_chunks(registered, name, chunks[start : start + REGISTER_SLICE])
+            if accepted and name in self._watchers:  # (only files somebody watches make news)
+                self._add_news(name, registered, accepted)
 
     # -- pushed availability (REQUEST_FILE_LOCATION.watch) ---------------------------------------------
     def _watch(self, conn: Connection, name: str) -> None:
@@ -256,11 +243,11 @@ class TrackerServer:
             self._forget(conn)
         stale = self._connection_of.get(address)
         if stale is not None and stale is not conn:
-            # The same address registers again from a new connection: the peer restarted. Its old
-            # connection and the chunks registered through it are gone.
-            log.info("%s registered again; dropping its previous connection", address)
+            # The address's previous connection is closing (the peer restarted): forget it now.
+            log.info("%s registered again; forgetting its previous connection", address)
             self._forget(stale)
             stale.close()
+        conn.keepalive()  # a peer whose host vanished is noticed, and its address freed, within ~30 s
         self._address_of[conn] = address
         self._connection_of[address] = conn
         self.registry.add_peer(address)
@@ -300,6 +287,7 @@ def _location_reply(record: FileRecord, ranges: bool, hashes: bool = True) -> m.
         chunkhashes=cast(bytes | None, hashes_json),
         contentid=record.content_id,
         chunkranges=cast(dict[str, list[tuple[int, int]]], held) if ranges else None,
+        publishers=sorted(str(a) for a in record.publishers) or None,
     )
 
 

@@ -28,7 +28,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from p2pfs.protocol.limits import MAX_CHUNK_SIZE, MAX_CHUNKS, MAX_FRAME_SIZE
+from p2pfs.protocol.limits import (
+    MAX_CHUNK_SERVER_FRAME,
+    MAX_CHUNK_SIZE,
+    MAX_CHUNKS,
+    MAX_FRAME_SIZE,
+    MAX_SMALL_FRAME,
+    MAX_TRACKER_FRAME,
+)
 from tests.procs import Proc, make_file, run
 
 MiB = 1 << 20
@@ -42,9 +49,13 @@ DIGEST = "ab" * 32
 #: Hypothesis examples for the fuzz test (each is one connection to the tracker and one to the peer).
 FUZZ_EXAMPLES = 1000
 
+#: The largest frame each server accepts (PROTOCOL.md §9): a chunk server is sent only small requests.
+FRAME_LIMIT = {"tracker": MAX_TRACKER_FRAME, "peer": MAX_CHUNK_SERVER_FRAME}
+
 #: Every ERROR text PROTOCOL.md §8 lists that a hostile frame can provoke.
 DOCUMENTED_ERROR = re.compile(
-    rf"frame of \d+ bytes announced; the limit is {MAX_FRAME_SIZE}"
+    rf"frame of \d+ bytes announced; the limit is ({MAX_TRACKER_FRAME}|{MAX_CHUNK_SERVER_FRAME})"
+    r"|frame of \d+ bytes refused: only a REQUEST_PUBLISH .+"
     r"|malformed JSON: .+"
     r"|invalid message: .+"
     r"|unexpected message type \S+ for a (tracker|peer)"
@@ -307,7 +318,7 @@ def compact(obj: object) -> bytes:
 BAD_NAMES = [
     "../w.bin", "/etc/passwd", "w.bin/../../etc/passwd", "..", ".", "a/b", "w.bin/", "/", "a\\b",
     "..\\..\\w.bin", "C:\\Windows\\win.ini", "w.bin\x00", "\x00", "w\x00.bin", "", "x" * 256, "x" * 300,
-    "\u00e9" * 128, "\U0001f600" * 64,
+    "\u00e9" * 128, "\U0001f600" * 64, "\x1b[2J.bin", "\x1b]0;pwned\x07", "a\x7fb", "\x9b31m", "x\u202egnp.exe",
 ]  # fmt: skip
 bad_names = st.one_of(
     st.sampled_from(BAD_NAMES),
@@ -319,7 +330,12 @@ bad_names = st.one_of(
     ),
 )
 good_names = st.text(
-    st.characters(blacklist_categories=["Cs"], blacklist_characters="/\\\x00"), min_size=1, max_size=30
+    st.characters(
+        blacklist_categories=["Cs", "Cc"],
+        blacklist_characters="/\\\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069",
+    ),
+    min_size=1,
+    max_size=30,
 ).filter(lambda s: s not in (".", "..", NAME))
 not_a_string: st.SearchStrategy[Any] = st.sampled_from([0, 1.5, None, True, [], {}, ["w.bin"]])
 CHUNKNUM_TOKENS = [
@@ -706,17 +722,33 @@ def play(address: str, server: str, steps: list[Step], end: End, src: bytes) -> 
         for step in steps:
             if step.kind == "honest" and server == "tracker":
                 step = Step(compact({"type": "REQUEST_FILE_LIST"}), "honest_list")
+            if len(step.body) > FRAME_LIMIT[server]:  # refused unread, and the connection closed
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    c.send_body(step.body)
+                assert c.recv() == {
+                    "type": "ERROR",
+                    "message": f"frame of {len(step.body)} bytes announced; the limit is {FRAME_LIMIT[server]}",
+                }
+                assert c.eof_within(5) is not None
+                ping_ok(address)
+                return
             c.send_body(step.body)
+            if server == "tracker" and len(step.body) > MAX_SMALL_FRAME:
+                reply = json.loads(c.recv_body())
+                assert reply["type"] == "ERROR" and reply["message"].startswith(
+                    f"frame of {len(step.body)} bytes refused: only a REQUEST_PUBLISH"
+                ), reply
+                continue
             check_reply(step, server, c.recv_body(), src)
-        if end.kind == "truncated":
+        (announced,) = HEADER.unpack(end.data[:4]) if len(end.data) >= 4 else (0,)
+        if end.kind == "truncated" and announced <= FRAME_LIMIT[server]:
             c.send_raw(end.data)
-        elif end.kind == "oversize":
-            (announced,) = HEADER.unpack(end.data[:4])
+        elif end.kind in ("oversize", "truncated"):
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                 c.send_raw(end.data)
             assert c.recv() == {
                 "type": "ERROR",
-                "message": f"frame of {announced} bytes announced; the limit is {MAX_FRAME_SIZE}",
+                "message": f"frame of {announced} bytes announced; the limit is {FRAME_LIMIT[server]}",
             }
             assert c.eof_within(5) is not None, "the server kept the connection open after an oversized frame"
         elif end.kind == "garbage":
@@ -1091,27 +1123,28 @@ def test_slow_loris_frames_are_cut_off_while_others_are_served(
 def test_announced_but_unsent_frames_do_not_grow_memory(tmp_path: Path, procs: Callable[..., Proc]) -> None:
     raise_nofile(4096)
     swarm = start_swarm(procs, tmp_path)
-    for address, proc in ((swarm.taddr, swarm.tracker), (swarm.paddr, swarm.sharer)):
+    for address, proc, server in ((swarm.taddr, swarm.tracker, "tracker"), (swarm.paddr, swarm.sharer, "peer")):
         ping_ok(address)
         rss_before, fds_before = rss(proc.pid), settled_fds(proc.pid)
         pending: list[socket.socket] = []
+        announced = min(11 * MiB, FRAME_LIMIT[server])  # (the largest each server would wait for)
         try:
             pending += open_idle(address, 200, proc.pid)
             for sock in pending:
-                sock.sendall(HEADER.pack(15 * MiB) + b'{"type":"PEER_PING_PONG","x":"')
+                sock.sendall(HEADER.pack(announced) + b'{"type":"PEER_PING_PONG","x":"')
             for _ in range(20):
                 with Client(address) as c:
                     c.send_raw(HEADER.pack(0xFFFFFFFF) + b"{}")
                     assert c.recv() == {
                         "type": "ERROR",
-                        "message": f"frame of {0xFFFFFFFF} bytes announced; the limit is {MAX_FRAME_SIZE}",
+                        "message": f"frame of {0xFFFFFFFF} bytes announced; the limit is {FRAME_LIMIT[server]}",
                     }
                     assert c.eof_within(5) is not None
             ping_ok(address)
             grown = rss(proc.pid) - rss_before
-            print(f"{proc.args[0]}: RSS +{grown / MiB:.1f} MiB with 200 announced 15 MiB frames")
+            print(f"{proc.args[0]}: RSS +{grown / MiB:.1f} MiB with 200 announced {announced} byte frames")
             assert grown < RSS_BOUND, (
-                f"{proc.args[0]}: RSS grew by {grown / MiB:.1f} MiB for 200 announced 15 MiB frames"
+                f"{proc.args[0]}: RSS grew by {grown / MiB:.1f} MiB for 200 announced {announced} byte frames"
             )
         finally:
             close_all(pending)

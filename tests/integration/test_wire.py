@@ -196,16 +196,19 @@ def test_disconnect_delists_and_unknown_location_is_error(seeded: tuple[str, str
     assert reply["type"] == "ERROR" and "mine.bin" in str(reply["message"])
 
 
-def test_register_bracketed_ipv6_host_is_recorded_plain(seeded: tuple[str, str, Path]) -> None:
+def test_a_claimed_host_other_than_the_source_is_recorded_as_the_source(seeded: tuple[str, str, Path]) -> None:
+    """The tracker records the host a registration comes from, whatever host it claims: no connection
+    can register (or evict) another host's address."""
     taddr, _, _ = seeded
     w = Wire(taddr)
-    assert w.request({"type": "REQUEST_REGISTER", "address": ["[::1]", 41001]}) == {
-        "type": "REPLY_REGISTER",
-        "address": ["::1", 41001],
-    }
+    for claimed in ("[::1]", "10.9.8.7", "h[/x]", "0.0.0.0"):
+        assert w.request({"type": "REQUEST_REGISTER", "address": [claimed, 41001]}) == {
+            "type": "REPLY_REGISTER",
+            "address": ["127.0.0.1", 41001],
+        }
     w.send({"type": "REQUEST_CHUNK_REGISTER", "filename": "w.bin", "chunknum": 1})
     loc = w.request({"type": "REQUEST_FILE_LOCATION", "filename": "w.bin"})
-    assert loc["chunkinfo"]["[::1]:41001"] == [1]  # type: ignore[index]
+    assert loc["chunkinfo"]["127.0.0.1:41001"] == [1]  # type: ignore[index]
 
 
 def test_location_ranges_extension_only_for_askers_and_updated_on_change(seeded: tuple[str, str, Path]) -> None:

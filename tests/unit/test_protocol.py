@@ -567,11 +567,9 @@ def test_decode_only_returns_a_message_or_raises_protocol_error(body: bytes) -> 
     assert isinstance(result, m.Message)
 
 
-filenames = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="/\\\x00"),
-    min_size=1,
-    max_size=60,
-).filter(lambda s: s not in (".", "..", ".\n", "..\n"))
+# (control characters and bidirectional overrides are refused in names and hosts: see p2pfs.safetext)
+names_alphabet = st.characters(codec="utf-8", exclude_categories=("Cc",), exclude_characters="/\\\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+filenames = st.text(alphabet=names_alphabet, min_size=1, max_size=60).filter(lambda s: s not in (".", ".."))
 chunk_numbers = st.integers(0, MAX_CHUNKS - 1)
 fileinfos = st.tuples(st.integers(0, MAX_CHUNKS * MAX_CHUNK_SIZE), st.integers(0, MAX_CHUNKS))
 chunk_sizes = st.one_of(st.none(), st.integers(MIN_CHUNK_SIZE, MAX_CHUNK_SIZE))
@@ -580,7 +578,7 @@ ports = st.integers(1, 65535)  # port 0 cannot be reached, so REQUEST_REGISTER r
 digests = st.text(alphabet="0123456789abcdefABCDEF", min_size=64, max_size=64)
 
 valid_messages = st.one_of(
-    st.builds(m.RequestRegister, address=st.tuples(texts, ports)),
+    st.builds(m.RequestRegister, address=st.tuples(st.text(alphabet=names_alphabet, max_size=40), ports)),
     st.builds(m.ReplyRegister, address=st.one_of(st.none(), st.tuples(texts, ports))),
     st.builds(m.RequestPublish, filename=filenames, fileinfo=fileinfos, chunksize=chunk_sizes),
     st.builds(m.ReplyPublish, result=st.booleans(), message=texts),

@@ -220,7 +220,7 @@ def test_a_peer_cannot_publish_more_than_its_quota_of_chunks() -> None:
     reg = registry(P1, P2)
     biggest = 1 << 18
     for i in range(MAX_PUBLISHED_CHUNKS_PER_PEER // biggest):
-        reg.publish(P1, f"big{i}", biggest * KiB, biggest, KiB)
+        reg.publish(P1, f"big{i}", biggest * KiB, biggest, KiB, bytes([i]) * 32 * biggest)
     with pytest.raises(PublishRefused, match="limit"):
         reg.publish(P1, "one-more", KiB, 1, KiB)
     reg.publish(P2, "other-peer", KiB, 1, KiB)  # the quota is per peer
