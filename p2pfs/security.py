@@ -76,7 +76,7 @@ def load_secret(path: Path) -> bytes:
     """The shared secret in `path`: its bytes with surrounding whitespace removed (so `echo`'s newline does
     not matter). Refused like ssh refuses a private key: when group or others may read or write it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # (a FIFO must not block us)
     except FileNotFoundError:
         raise SecurityError(f"secret file not found: {path}") from None
     except OSError as exc:

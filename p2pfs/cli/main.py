@@ -1,6 +1,8 @@
 """`p2pfs` command line: the tracker and peer shells and the one-shot commands share, get and ls.
 
 Every failure a user can cause ends as one line on stderr (`p2pfs: error: ...`) and a non-zero exit.
+Those lines, status lines and log lines quote names and messages from the network: all are printed
+literal (p2pfs.safetext), so nothing a remote side sends can act on the terminal.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
-
 from p2pfs import __version__, security
 from p2pfs.address import Address, parse_port
 from p2pfs.cli import render
@@ -27,6 +27,7 @@ from p2pfs.net import describe_os_error, install_event_loop_policy, quiet_tls_fa
 from p2pfs.peer.node import Peer
 from p2pfs.peer.transfer import DownloadResult, Progress
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.safetext import LiteralFormatter, literal
 from p2pfs.security import Security
 from p2pfs.tracker.server import TrackerServer
 
@@ -160,7 +161,7 @@ def serve_delay_from_env() -> float:
 
 
 def status_to_stderr(line: str) -> None:
-    print(f"p2pfs: {line}", file=sys.stderr, flush=True)
+    print(f"p2pfs: {literal(line)}", file=sys.stderr, flush=True)
 
 
 async def start_peer(
@@ -388,7 +389,8 @@ async def run_ls(args: argparse.Namespace) -> int:
     finally:
         await peer.tracker.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(reply.filelist).decode() + "\n")
+        # (json.dumps escapes every non-ASCII character: no DEL, C1 or bidi control reaches a terminal)
+        sys.stdout.write(json.dumps(reply.filelist) + "\n")
     elif not reply.filelist:
         say("no files published")
     else:
@@ -407,12 +409,14 @@ COMMANDS = {"tracker": run_tracker, "peer": run_peer, "share": run_share, "get":
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="p2pfs: %(levelname)s: %(message)s", stream=sys.stderr)
+    log_handler = logging.StreamHandler(sys.stderr)
+    log_handler.setFormatter(LiteralFormatter("p2pfs: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[log_handler])
     install_event_loop_policy()
     try:
         return asyncio.run(run_command(args))
     except (P2PFSError, TrackerUnavailable) as exc:
-        print(f"p2pfs: error: {exc}", file=sys.stderr, flush=True)
+        print(f"p2pfs: error: {literal(exc)}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
         print("p2pfs: interrupted", file=sys.stderr, flush=True)

@@ -1,4 +1,9 @@
-"""Rendering with rich: the file table, the peer table, the download progress bar, sizes."""
+"""Rendering with rich: the file table, the peer table, the download progress bar, sizes.
+
+Names, hosts and content ids come from the network: every one is put in a table or bar as a rich `Text`
+made by `remote_text` (never a markup string), so brackets (`[/x]`) and emoji codes (`:smile:`) are shown
+as written and control characters as visible escapes. The consoles interpret no markup either.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,24 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from p2pfs.address import Address
 from p2pfs.peer.transfer import DownloadResult
 from p2pfs.peer.transfer import Progress as DownloadProgress
 from p2pfs.protocol import hashes
+from p2pfs.safetext import literal
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False)
+# markup/emoji off: a str that slips through is still printed as written, not parsed (a name holding
+# `[/x]` would otherwise raise rich.errors.MarkupError in the middle of a command).
+stdout = Console(markup=False, emoji=False, highlight=False, soft_wrap=True)
+stderr = Console(stderr=True, markup=False, emoji=False, highlight=False)
+
+
+def remote_text(value: object, style: str = "") -> Text:
+    """`value` (anything a remote side sent, or made from it) as a rich Text: literal, never markup, with
+    control characters written as visible escapes."""
+    return Text(literal(value), style=style)
 
 
 def human_size(n: float) -> str:
@@ -40,22 +55,30 @@ def file_table(filelist: dict[str, tuple[int, int]], content_ids: dict[str, str]
     """The file list; `content id` is the publisher's (first 16 hex digits), or `unverified` for a file
     published without chunk hashes (its chunks are checked only against each holder's own digest)."""
     table = Table(title=None, show_edge=False)
-    table.add_column("file")
+    # fold, not the default ellipsis: a long name is wrapped, never cut (two names that differ only at
+    # the end must not look the same)
+    table.add_column("file", overflow="fold")
     table.add_column("size", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("chunks", justify="right")
-    table.add_column("content id")
+    table.add_column("content id", overflow="fold")
     for name, (size, chunks) in sorted(filelist.items()):
-        table.add_row(name, human_size(size), str(size), str(chunks), hashes.short((content_ids or {}).get(name)))
+        table.add_row(
+            remote_text(name),
+            Text(human_size(size)),
+            Text(str(size)),
+            Text(str(chunks)),
+            remote_text(hashes.short((content_ids or {}).get(name))),
+        )
     return table
 
 
 def peer_table(peers: Iterable[tuple[Address, Address]]) -> Table:
     table = Table(show_edge=False)
-    table.add_column("peer (registered address)")
-    table.add_column("connected from")
+    table.add_column("peer (registered address)", overflow="fold")
+    table.add_column("connected from", overflow="fold")
     for registered, remote in peers:
-        table.add_row(str(registered), str(remote))
+        table.add_row(remote_text(registered), remote_text(remote))
     return table
 
 
@@ -65,6 +88,7 @@ def print_table(table: Table) -> None:
 
 
 def result_line(result: DownloadResult) -> str:
+    """One line (holder addresses come from the tracker: print it with `say`, which makes it literal)."""
     holders = ", ".join(f"{addr} {count}" for addr, count in result.sources.most_common())
     resumed = f"; {result.resumed} chunks kept from an earlier attempt" if result.resumed else ""
     return (
@@ -82,12 +106,13 @@ class ProgressBar:
     def __init__(self, name: str, enabled: bool | None = None) -> None:
         self.enabled = stderr.is_terminal if enabled is None else enabled
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            # markup=False: the description (the file's name) is shown as written, never parsed
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            TextColumn("{task.fields[holders]} peers"),
+            TextColumn("{task.fields[holders]} peers", markup=False),
             console=stderr,
             transient=False,
         )
@@ -108,7 +133,7 @@ class ProgressBar:
         if not self.enabled:
             return
         if self._task is None:
-            self._task = self._progress.add_task(self._name, total=p.filesize, holders=p.holders)
+            self._task = self._progress.add_task(literal(self._name), total=p.filesize, holders=p.holders)
         now = time.monotonic()
         if now - self._last >= 0.1 or p.chunks_done == p.chunk_count:
             self._last = now

@@ -1,19 +1,25 @@
 """A small command shell: prompt_toolkit on a terminal, one command per line from a pipe.
 
 Commands are registered with their argument names; wrong arity gets a usage line, an unknown command a
-hint, and any P2PFSError one clear line. Output goes to stdout, flushed per line, so a program driving
-the shell over a pipe can read results as they come.
+hint, any P2PFSError one clear line, and any other exception one `error: internal error: ...` line (the
+shell goes on). Output goes to stdout, flushed per line, so a program driving the shell over a pipe can
+read results as they come; every line is made literal first (p2pfs.safetext), since lines carry names
+and messages from the network.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from p2pfs.errors import P2PFSError
+from p2pfs.safetext import literal
+
+log = logging.getLogger("p2pfs.shell")
 
 Handler = Callable[..., Awaitable[None]]
 
@@ -67,6 +73,10 @@ class Shell:
             error(str(exc))
         except OSError as exc:
             error(exc.strerror or str(exc))
+        except Exception as exc:  # a bug (or a reply nobody foresaw) must not end the operator's shell
+            # (KeyboardInterrupt, SystemExit and asyncio.CancelledError are not Exceptions: they go on up)
+            log.debug("command %r failed", line, exc_info=True)
+            error(f"internal error: {type(exc).__name__}: {exc}")
 
     async def run(self) -> None:
         """Read and run commands until `exit` (handlers set `running = False`) or end of input."""
@@ -101,8 +111,10 @@ class Shell:
 
 
 def say(text: str) -> None:
-    print(text, flush=True)
+    """Print one line on stdout, literal (control characters as visible escapes)."""
+    print(literal(text), flush=True)
 
 
 def error(text: str) -> None:
-    print(f"error: {text}", flush=True)
+    """Print one `error: ...` line on stdout, literal."""
+    print(f"error: {literal(text)}", flush=True)
