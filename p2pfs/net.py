@@ -489,6 +489,7 @@ async def _authenticate(conn: Connection, secret: bytes, peer: str) -> None:
     """The opening side of the secret handshake; AuthenticationFailed if the other side does not prove it
     knows the same secret (it is then told so and the connection closed)."""
     opener_nonce = auth.new_nonce()
+    saved, conn.max_frame = conn.max_frame, MAX_HANDSHAKE_FRAME
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             challenge = await conn.request(AuthChallenge(nonce=opener_nonce))
@@ -499,6 +500,7 @@ async def _authenticate(conn: Connection, secret: bytes, peer: str) -> None:
                 if isinstance(answer, AuthProof) and auth.check(
                     secret, "acceptor", opener_nonce, challenge.nonce, answer.proof
                 ):
+                    conn.max_frame = saved
                     return
                 if not isinstance(answer, (AuthProof, Error)):
                     raise AuthenticationFailed(f"{peer} {conn.remote} does not speak the secret handshake")

@@ -110,3 +110,39 @@ async def test_half_closed_client_still_gets_replies_to_what_it_sent() -> None:
     await replied.wait()
     writer.close()
     server.close()
+
+
+async def test_two_senders_waiting_to_drain_are_both_released() -> None:
+    """Two tasks send on one connection whose peer does not read: both wait in `drain`, and both are
+    released when the peer reads (one waiter was kept before, so the other hung until the frame timeout)."""
+    server, address, accepted = await server_side()
+    client = await connect(address)
+    conn = await accepted.get()
+    conn._stream.transport.pause_reading()  # type: ignore[union-attr]  # (the peer reads nothing for now)
+    chunk = b"x" * (1 << 20)
+
+    async def sender() -> None:
+        while not client._stream._write_paused:
+            client.send_raw(chunk)
+            await asyncio.sleep(0)
+        await client.drain()
+
+    tasks = [asyncio.create_task(sender()) for _ in range(2)]
+    while len(client._stream._drain_waiters) < 2:
+        await asyncio.sleep(0.01)
+    conn._stream.transport.resume_reading()  # type: ignore[union-attr]
+    drained = 0
+
+    async def reader() -> None:
+        nonlocal drained
+        buf = memoryview(bytearray(1 << 16))
+        while True:
+            await conn.recv_raw_into(buf)
+            drained += len(buf)
+
+    read = asyncio.create_task(reader())
+    async with asyncio.timeout(10):
+        await asyncio.gather(*tasks)
+    read.cancel()
+    client.close()
+    server.close()
