@@ -293,17 +293,24 @@ def p2pfs(
     )
 
 
-def start_tracker(procs: list[Proc]) -> str:
-    """Start `p2pfs tracker` on 127.0.0.1 (any free port); its address as H:P."""
-    tracker = p2pfs("tracker", "--host", HOST, "--port", "0", "--no-shell", label="p2pfs tracker")
+def start_tracker(procs: list[Proc], flags: Sequence[str] = ()) -> str:
+    """Start `p2pfs tracker` on 127.0.0.1 (any free port), with extra `flags` (e.g. --tls-*); its address
+    as H:P."""
+    tracker = p2pfs("tracker", "--host", HOST, "--port", "0", "--no-shell", *flags, label="p2pfs tracker")
     procs.append(tracker)
     return tracker.listening_address()
 
 
 def start_share(
-    procs: list[Proc], path: Path, tracker: str, env: dict[str, str] | None = None, watch_memory: bool = False
+    procs: list[Proc],
+    path: Path,
+    tracker: str,
+    env: dict[str, str] | None = None,
+    watch_memory: bool = False,
+    flags: Sequence[str] = (),
 ) -> Proc:
-    """Start `p2pfs share PATH` and wait until it has published (hashing the file is not timed)."""
+    """Start `p2pfs share PATH` (with extra `flags`) and wait until it has published (hashing the file is
+    not timed)."""
     share = p2pfs(
         "share",
         str(path),
@@ -311,6 +318,7 @@ def start_share(
         tracker,
         "--host",
         HOST,
+        *flags,
         env=env,
         label="p2pfs share",
         watch_memory=watch_memory,

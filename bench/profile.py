@@ -3,7 +3,10 @@ file goes from one to the other, then the functions with the most samples are li
 function itself was running; total: it was on the stack). Not part of `make bench`.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python -m bench.profile [--size 1G] [--wire binary|json] [--keep DIR]
+    .venv/bin/python -m bench.profile [--size 1G] [--wire binary|json] [--tls] [--native] [--keep DIR]
+
+--tls runs every process with mutual TLS (certificates from trustme, as benchmark 2b); --native also
+samples C frames (OpenSSL, uvloop), which are otherwise counted in the Python frame that called them.
 
 --keep DIR also writes the raw stacks (collapsed format, for flamegraph.pl or speedscope) into DIR.
 """
@@ -37,6 +40,12 @@ from bench.common import (
 )
 
 RATE = 250  # samples per second
+
+
+def tls_options(folder: Path) -> dict[str, list[str]]:
+    from bench.tls import make_certificates  # (imports trustme only when asked for TLS)
+
+    return make_certificates(folder)
 
 
 def py_spy() -> str:
@@ -100,6 +109,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1G", help="file size: 512M, 1G, ... (default 1G)")
     parser.add_argument("--wire", choices=("binary", "json"), default="binary")
+    parser.add_argument("--tls", action="store_true", help="mutual TLS on every process (benchmark 2b)")
+    parser.add_argument("--native", action="store_true", help="sample C frames too (py-spy --native)")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--keep", type=Path, help="directory for the raw stack files")
     args = parser.parse_args()
@@ -111,9 +122,13 @@ def main() -> int:
         src = make_file(work / "payload.bin", size)
         env = child_env(wire_env(args.wire))
         share_out, get_out = work / "share.txt", work / "get.txt"
+        tls = tls_options(work) if args.tls else {"tracker": [], "share": [], "get": []}
+        # (py-spy cannot sample C frames without pausing the process: --native replaces --nonblocking)
+        native = ["--native"] if args.native else ["--nonblocking"]
+        mode = args.wire + (", TLS" if args.tls else "")
         with children() as procs:
-            tracker = start_tracker(procs)
-            share = start_share(procs, src, tracker, env)
+            tracker = start_tracker(procs, tls["tracker"])
+            share = start_share(procs, src, tracker, env, flags=tls["share"])
             spy_share = Proc(
                 [
                     spy,
@@ -122,7 +137,7 @@ def main() -> int:
                     str(share.pid),
                     "--rate",
                     str(RATE),
-                    "--nonblocking",
+                    *native,
                     "--format",
                     "raw",
                     "--output",
@@ -132,14 +147,14 @@ def main() -> int:
             )
             procs.append(spy_share)
             dest = work / "copy.bin"
-            get_cmd = [*P2PFS, "get", src.name, str(dest), "--tracker", tracker, "--host", HOST]
+            get_cmd = [*P2PFS, "get", src.name, str(dest), "--tracker", tracker, "--host", HOST, *tls["get"]]
             spy_get = Proc(
                 [
                     spy,
                     "record",
                     "--rate",
                     str(RATE),
-                    "--nonblocking",
+                    *native,
                     "--format",
                     "raw",
                     "--output",
@@ -154,17 +169,15 @@ def main() -> int:
                 raise BenchError(f"get under py-spy failed: {spy_get.describe()}")
             assert spy_get.ended is not None
             check_file(dest, size)
-            print(
-                f"get of {size_label(size)} ({args.wire} wire) under py-spy: {spy_get.ended - spy_get.started:.2f} s"
-            )
+            print(f"get of {size_label(size)} ({mode}) under py-spy: {spy_get.ended - spy_get.started:.2f} s")
             os.kill(spy_share.pid, signal.SIGINT)  # py-spy writes its file when interrupted
             spy_share.wait(30)
-        summarise(get_out, f"get ({args.wire})", args.top)
-        summarise(share_out, f"share ({args.wire})", args.top)
+        summarise(get_out, f"get ({mode})", args.top)
+        summarise(share_out, f"share ({mode})", args.top)
         if args.keep:
             args.keep.mkdir(parents=True, exist_ok=True)
             for path in (get_out, share_out):
-                shutil.copy(path, args.keep / f"{path.stem}-{args.wire}.txt")
+                shutil.copy(path, args.keep / f"{path.stem}-{args.wire}{'-tls' if args.tls else ''}.txt")
     return 0
 
 

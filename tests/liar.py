@@ -8,17 +8,28 @@ PEER_REQUEST_CHUNK according to `--mode`:
   publisher's chunk hashes can expose it);
 - `badlength`: wrong bytes one byte longer than the chunk, with a matching digest;
 - `honest`: the real bytes of `--path`, with their digest;
-- `silent`: no answer at all (the ping is still echoed), so only the downloader's chunk timeout helps.
+- `silent`: no answer at all (the ping is still echoed), so only the downloader's chunk timeout helps;
+- `chunk0`: a valid copy of chunk 0 of `--path` (with its digest), whatever chunk was asked for: a
+  substitute nobody asked for from a non-publisher, and useless substitutes after the first.
 
 Replies use the binary fast path (a header frame with `rawlength`, then the raw bytes) when the request
 asks for it with `raw`, unless `--wire json`, which always answers in the seed's base64 `data`.
 
 With `--publish`, it instead publishes `--path` as NAME the way a seed-only program would: a
 REQUEST_PUBLISH with no `chunksize` and no `chunkhashes` (so 1 MiB chunks, and an *unverified* file);
-`--hashes` adds the `chunkhashes`.
+`--hashes` adds the `chunkhashes`. With `--join`, it publishes NAME again with the fileinfo, chunk size
+and chunk hashes the tracker lists, so the tracker counts it among the file's publishers (the holders
+allowed to send substitutes).
 
-Lines on stdout: `listening on HOST:PORT`, then `registered NAME N chunks` or `published NAME N chunks`,
-then `served chunk K raw|json` for every chunk reply. It runs until killed.
+With `--chunks FIRST:END` it registers (and serves) only chunks FIRST to END-1 (default: all).
+
+With `--holders N` it is N holders at once: N listening sockets, each registered (or published) by its
+own tracker connection, all answering the same way.
+
+Lines on stdout: `listening on HOST:PORT` (one per holder), then `registered NAME N chunks` or
+`published NAME N chunks` (one per holder), then `connection open PORT` and `connection closed PORT`
+for every downloader connection, and `served chunk K raw|json` for every chunk reply (K is the chunk
+asked for; ` substitute` is added when the request allowed a substitute). It runs until killed.
 """
 
 from __future__ import annotations
@@ -53,6 +64,21 @@ def start(procs: Callable[..., Proc], tracker: str, name: str, *options: str) ->
     return liar, address
 
 
+def start_many(
+    procs: Callable[..., Proc], tracker: str, name: str, count: int, *options: str
+) -> tuple[Proc, list[str]]:
+    """`start` for `--holders COUNT`: wait until every holder is registered; return their addresses."""
+    with mock.patch("tests.procs.P2PFS", [sys.executable, "-m", "tests.liar"]):
+        liar = procs(
+            "--tracker", tracker, "--file", name, "--host", "127.0.0.1", "--holders", str(count), *options,
+            cwd=ROOT,
+        )  # fmt: skip
+    addresses = [liar.listening() for _ in range(count)]
+    for _ in range(count):
+        liar.expect(rf"^(registered|published) {re.escape(name)} ")
+    return liar, addresses
+
+
 def say(line: str) -> None:
     print(line, flush=True)
 
@@ -79,6 +105,12 @@ class Liar:
         self.delay: float = args.delay
         self.filesize = 0
         self.chunk_size = DEFAULT_CHUNK_SIZE
+        #: the chunks it registers and serves: [first, end) (end None: to the last chunk)
+        first, _, end = (args.chunks or "0:").partition(":")
+        self.first, self.end = int(first), int(end) if end else None
+
+    def holds(self, chunk: int) -> bool:
+        return self.chunk_length(chunk) > 0 and self.first <= chunk and (self.end is None or chunk < self.end)
 
     def chunk_length(self, chunk: int) -> int:
         return max(0, min(self.chunk_size, self.filesize - chunk * self.chunk_size))
@@ -88,14 +120,15 @@ class Liar:
 
     def reply(self, request: m.PeerRequestChunk) -> bytes:
         """The whole answer to a chunk request, as bytes for the wire."""
-        length = self.chunk_length(request.chunknum)
-        if request.filename != self.name or length == 0:
+        chunk = 0 if self.mode == "chunk0" else request.chunknum
+        length = self.chunk_length(chunk)
+        if request.filename != self.name or not self.holds(request.chunknum):
             text = f"chunk {request.chunknum} of {request.filename} not held here"
             return framing.encode(m.Error(message=text, request="PEER_REQUEST_CHUNK"))
-        if self.mode == "honest":
-            assert self.path is not None
+        if self.mode in ("honest", "chunk0"):
+            assert self.path is not None, f"--mode {self.mode} needs --path"
             with open(self.path, "rb") as f:
-                data = os.pread(f.fileno(), length, request.chunknum * self.chunk_size)
+                data = os.pread(f.fileno(), length, chunk * self.chunk_size)
         else:
             if self.mode == "badlength":
                 length += 1
@@ -104,15 +137,13 @@ class Liar:
             data = (seed * (length // len(seed) + 1))[:length]
         digest = hashlib.sha256(data).hexdigest()
         if self.raw_reply(request):
-            header = m.PeerReplyChunk(
-                filename=self.name, chunknum=request.chunknum, digest=digest, rawlength=len(data)
-            )
+            header = m.PeerReplyChunk(filename=self.name, chunknum=chunk, digest=digest, rawlength=len(data))
             return framing.encode(header) + data
-        return framing.encode(
-            m.PeerReplyChunk(filename=self.name, chunknum=request.chunknum, digest=digest, data=data)
-        )
+        return framing.encode(m.PeerReplyChunk(filename=self.name, chunknum=chunk, digest=digest, data=data))
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = int(writer.get_extra_info("sockname")[1])
+        say(f"connection open {port}")
         try:
             while True:
                 body, message = await recv(reader)
@@ -125,7 +156,8 @@ class Liar:
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     writer.write(self.reply(message))
-                    say(f"served chunk {message.chunknum} {'raw' if self.raw_reply(message) else 'json'}")
+                    form = "raw" if self.raw_reply(message) else "json"
+                    say(f"served chunk {message.chunknum} {form}{' substitute' if message.substitute else ''}")
                 else:
                     writer.write(framing.encode(m.Error(message="unexpected message")))
                 await writer.drain()
@@ -133,13 +165,27 @@ class Liar:
             pass
         finally:
             writer.close()
+            say(f"connection closed {port}")
 
 
 async def main(args: argparse.Namespace) -> int:
     liar = Liar(args)
-    server = await asyncio.start_server(liar.serve, args.host, 0)
-    port = int(server.sockets[0].getsockname()[1])
-    say(f"listening on {args.host}:{port}")
+    servers: list[asyncio.Server] = []
+    for _ in range(args.holders):
+        server = await asyncio.start_server(liar.serve, args.host, 0)
+        servers.append(server)
+        say(f"listening on {args.host}:{int(server.sockets[0].getsockname()[1])}")
+    # (each holder's tracker connection stays open: the tracker forgets a peer whose connection closes)
+    links = [await enlist(liar, args, int(server.sockets[0].getsockname()[1])) for server in servers]
+    await asyncio.gather(*(server.serve_forever() for server in servers))
+    del links
+    return 0
+
+
+async def enlist(
+    liar: Liar, args: argparse.Namespace, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Register the holder listening on `port` with the tracker, then publish, join or claim NAME."""
     tracker = Address.parse(args.tracker)
     reader, writer = await asyncio.open_connection(tracker.host, tracker.port)
     reply = await request(reader, writer, m.RequestRegister(address=(args.host, port)))
@@ -161,12 +207,27 @@ async def main(args: argparse.Namespace) -> int:
         reply = await request(reader, writer, publish)
         assert isinstance(reply, m.ReplyPublish) and reply.result, reply
         say(f"published {liar.name} {count} chunks")
+    elif args.join:
+        location = await request(reader, writer, m.RequestFileLocation(filename=liar.name))
+        assert isinstance(location, m.ReplyFileLocation) and location.fileinfo is not None, location
+        assert location.chunkhashes is not None, "--join needs a file published with chunk hashes"
+        liar.filesize, count = location.fileinfo
+        liar.chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
+        publish = m.RequestPublish(
+            filename=liar.name,
+            fileinfo=location.fileinfo,
+            chunksize=location.chunksize,
+            chunkhashes=location.chunkhashes,
+        )
+        reply = await request(reader, writer, publish)
+        assert isinstance(reply, m.ReplyPublish) and reply.result, reply
+        say(f"published {liar.name} {count} chunks")
     else:
         location = await request(reader, writer, m.RequestFileLocation(filename=liar.name))
         assert isinstance(location, m.ReplyFileLocation) and location.fileinfo is not None, location
         liar.filesize, count = location.fileinfo
         liar.chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
-        chunks = list(range(count))
+        chunks = [chunk for chunk in range(count) if liar.holds(chunk)]
         writer.write(framing.encode(m.RequestChunkRegister(filename=liar.name, chunknum=0, chunknums=chunks)))
         # The tracker answers in order: the next location reply already reflects the registration.
         location = await request(reader, writer, m.RequestFileLocation(filename=liar.name))
@@ -174,9 +235,7 @@ async def main(args: argparse.Namespace) -> int:
         mine = location.chunkinfo.get(str(Address(args.host, port)))
         assert mine == chunks, f"tracker lists {mine} for us"
         say(f"registered {liar.name} {count} chunks")
-    async with server:
-        await server.serve_forever()
-    return 0
+    return reader, writer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,12 +245,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tracker", required=True, metavar="H:P")
     p.add_argument("--file", required=True, metavar="NAME")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--mode", choices=("corrupt", "badlength", "honest", "silent"), default="corrupt")
+    p.add_argument("--mode", choices=("corrupt", "badlength", "honest", "silent", "chunk0"), default="corrupt")
     p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before each chunk reply")
     p.add_argument("--wire", choices=("raw", "json"), default="raw", help="json: never the binary fast path")
     p.add_argument("--path", type=Path, help="the real file (for --mode honest and --publish)")
     p.add_argument("--publish", action="store_true", help="publish --path as NAME, seed style (no hashes)")
     p.add_argument("--hashes", action="store_true", help="with --publish: send chunkhashes too")
+    p.add_argument("--join", action="store_true", help="publish NAME again as listed: become a publisher")
+    p.add_argument("--chunks", metavar="FIRST:END", help="register and serve only chunks FIRST..END-1")
+    p.add_argument("--holders", type=int, default=1, metavar="N", help="be N holders (N sockets)")
     return p.parse_args(argv)
 
 

@@ -11,6 +11,7 @@ A lock on the state file keeps two downloads from writing the same `.part`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -50,12 +51,11 @@ class PartFile:
     def open(
         cls, dest: Path, name: str, filesize: int, chunk_size: int, content_id: str | None
     ) -> PartFile:
-        """Resume `DEST.part` if its state matches this file, else start a fresh one."""
+        """Resume `DEST.part` if its state matches this file, else start a fresh one. Neither file is
+        opened through a symbolic link (StorageError)."""
         state = state_path(dest)
-        try:
-            state_fd = os.open(state, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StorageError(f"cannot create {state}: {exc.strerror}") from None
+        state_fd = storage.open_no_follow(state, os.O_RDWR | os.O_CREAT)
+        fresh = False
         try:
             fcntl.flock(state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -68,6 +68,7 @@ class PartFile:
             resumable = content_id is not None and storage.part_path(dest).exists()
             candidates = _read_state(state_fd, header) if resumable else None
             if candidates is None:  # nothing to resume: a fresh state log and a fresh .part
+                fresh = True
                 os.ftruncate(state_fd, 0)
                 os.lseek(state_fd, 0, os.SEEK_SET)
                 os.write(state_fd, msgspec.json.encode(header) + b"\n")
@@ -76,6 +77,9 @@ class PartFile:
                 os.lseek(state_fd, 0, os.SEEK_END)
             shared = storage.create_part(dest, name, filesize, chunk_size, keep=bool(candidates))
         except BaseException:
+            if fresh:  # (an empty log of ours: nothing to keep; a log with chunks stays for a resume)
+                with contextlib.suppress(OSError):
+                    os.unlink(state)
             os.close(state_fd)
             raise
         return cls(dest, shared, state_fd, candidates)
@@ -101,8 +105,12 @@ class PartFile:
         return kept
 
     def record(self, chunk: int, digest: str) -> None:
-        """Log a verified, written chunk (one small unbuffered append; no fsync)."""
-        os.write(self._state_fd, f"{chunk} {digest}\n".encode())
+        """Log a verified, written chunk (one small unbuffered append; no fsync). StorageError if the
+        log cannot be written (a full disk)."""
+        try:
+            os.write(self._state_fd, f"{chunk} {digest}\n".encode())
+        except OSError as exc:
+            raise StorageError(f"cannot write to {state_path(self.dest)}: {exc.strerror}") from None
 
     def finish(self) -> None:
         """Every chunk verified: DEST.part -> DEST, and the state log goes."""

@@ -10,15 +10,22 @@ Policy (libtorrent's, simplified):
   download would spend upload capacity the swarm needs (a quarter of it, measured in `make swarm`);
 - a holder that fails a chunk (error, wrong digest) is no longer counted as having it.
 
-How many requests each holder gets is `window.request_window`'s business; this module never sees a
-clock, a socket or a disk.
+Availability is kept as one ChunkSet (a bitmap) per holder, so many holders of a huge file cost 32 KiB
+each, not a set of ints each; a holder's chunks can be added as runs without listing them.
+
+Which of more holders than a download connects to at once to connect first is `choose_holders`'s
+business (pure too). How many requests each holder gets is `window.request_window`'s business; this
+module never sees a clock, a socket or a disk.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from p2pfs.chunkset import ChunkSet
 
 H = TypeVar("H", bound=Hashable)
 
@@ -34,9 +41,9 @@ class IndexedSet:
 
     __slots__ = ("_items", "_pos")
 
-    def __init__(self) -> None:
-        self._items: list[int] = []
-        self._pos: dict[int, int] = {}
+    def __init__(self, items: Iterable[int] = ()) -> None:
+        self._items: list[int] = list(dict.fromkeys(items))
+        self._pos: dict[int, int] = dict(zip(self._items, range(len(self._items)), strict=True))
 
     def add(self, item: int) -> None:
         if item not in self._pos:
@@ -74,16 +81,15 @@ class Picker(Generic[H]):
     def __init__(self, chunk_count: int, have: Iterable[int] = (), rng: random.Random | None = None) -> None:
         self.chunk_count = chunk_count
         self.rng = rng or random.Random()
-        self.have: set[int] = set(have)
+        self.have = ChunkSet.from_numbers(chunk_count, have)
         self._availability = [0] * chunk_count
-        self._holders: dict[H, set[int]] = {}
+        self._holders: dict[H, ChunkSet] = {}
+        #: how many chunks each holder has that we do not (0: it has nothing left for us)
+        self._needed: dict[H, int] = {}
         #: chunks in flight -> the holders they are requested from
         self._requested: dict[int, set[H]] = {}
         #: pickable chunks (missing, not in flight) by availability; bucket 0 = no live holder
-        self._buckets: dict[int, IndexedSet] = {0: IndexedSet()}
-        for chunk in range(chunk_count):
-            if chunk not in self.have:
-                self._buckets[0].add(chunk)
+        self._buckets: dict[int, IndexedSet] = {0: IndexedSet(self.have.complement().numbers())}
 
     # -- state queries ------------------------------------------------------------------------
     @property
@@ -98,18 +104,20 @@ class Picker(Generic[H]):
         return self._availability[chunk]
 
     def missing(self) -> list[int]:
-        return [c for c in range(self.chunk_count) if c not in self.have]
+        return self.have.complement().numbers()
 
     def in_flight(self) -> dict[int, set[H]]:
         return {c: set(hs) for c, hs in self._requested.items()}
 
     def unavailable(self) -> list[int]:
         """Missing chunks that no live holder has (the download cannot finish without new holders)."""
-        return sorted(c for c in range(self.chunk_count) if c not in self.have and self._availability[c] == 0)
+        return sorted(c for c in self.missing() if self._availability[c] == 0)
 
     def has_work(self, holder: H) -> bool:
         """Whether `holder` has a missing chunk that is not already in flight from it."""
-        chunks = self._holders.get(holder, set())
+        chunks = self._holders.get(holder)
+        if chunks is None:
+            return False
         return any(c not in self.have and holder not in self._requested.get(c, ()) for c in chunks)
 
     def can_progress(self) -> bool:
@@ -118,21 +126,84 @@ class Picker(Generic[H]):
             return True
         return any(len(bucket) for avail, bucket in self._buckets.items() if avail > 0)
 
+    def chunks_of(self, holder: H) -> ChunkSet | None:
+        """The chunks `holder` is counted as having (None: not a holder)."""
+        return self._holders.get(holder)
+
+    def needed(self, holder: H) -> int:
+        """How many chunks `holder` has that we do not (0: nothing left for us, whatever is in flight)."""
+        return self._needed.get(holder, 0)
+
+    def wanted(self, chunks: ChunkSet) -> int:
+        """How many of `chunks` (say, of a holder not added) we do not have."""
+        return chunks.count_not_in(self.have)
+
+    def coverage(self) -> ChunkSet:
+        """The chunks we have or some holder has (a bitmap union: no per-chunk work)."""
+        return self.have.union_of(self._holders.values())
+
     # -- holders -------------------------------------------------------------------------------
     def add_holder(self, holder: H, chunks: Iterable[int]) -> list[int]:
         """A holder appears or announces more chunks; returns the chunks that are new for it."""
-        held = self._holders.setdefault(holder, set())
-        gained = [c for c in chunks if 0 <= c < self.chunk_count and c not in held]
-        for chunk in gained:
-            held.add(chunk)
-            self._set_availability(chunk, self._availability[chunk] + 1)
+        held = self._held(holder)
+        count = self.chunk_count
+        gained = [c for c in chunks if 0 <= c < count and held.add(c)]
+        self._gained(holder, gained, sum(1 for c in gained if c not in self.have))
         return gained
+
+    def add_holder_runs(self, holder: H, runs: Iterable[tuple[int, int]]) -> int:
+        """`add_holder` for chunks given as runs [first, end) (clipped to the file); returns how many
+        chunks are new for the holder, without listing them."""
+        return self.add_holder_set(holder, ChunkSet.from_runs(self.chunk_count, runs))
+
+    def add_holder_set(self, holder: H, chunks: ChunkSet) -> int:
+        """`add_holder` for a ChunkSet of this file's size; returns how many chunks are new for the holder."""
+        gained = self._held(holder).update(chunks)
+        count = len(gained)
+        if count == self.chunk_count:  # (a seeder: availability moves in bulk when it can)
+            self._gained(holder, range(count), count - len(self.have), everything=True)
+        elif count:
+            self._gained(holder, gained.numbers(), gained.count_not_in(self.have))
+        return count
+
+    def _held(self, holder: H) -> ChunkSet:
+        held = self._holders.get(holder)
+        if held is None:
+            held = self._holders[holder] = ChunkSet(self.chunk_count)
+            self._needed[holder] = 0
+        return held
+
+    def _gained(self, holder: H, gained: Iterable[int], needed: int, everything: bool = False) -> None:
+        """Count `holder` in the availability of the chunks it `gained` (`everything`: all of them)."""
+        if not (everything and self._shift_all(+1)):
+            availability = self._availability
+            for chunk in gained:
+                self._set_availability(chunk, availability[chunk] + 1)
+        self._needed[holder] += needed
+
+    def _shift_all(self, step: int) -> bool:
+        """A seeder joins (+1) or leaves (-1): if every pickable chunk has the same availability, move
+        them all at once (one bucket relabelled, one list pass) instead of chunk by chunk; False if not."""
+        filled = [avail for avail, bucket in self._buckets.items() if len(bucket)]
+        if len(filled) > 1 or (filled and filled[0] + step < 0):
+            return False
+        self._availability = [a + step for a in self._availability]
+        if filled:
+            avail = filled[0]
+            moved = self._buckets.pop(avail)
+            self._buckets.pop(avail + step, None)  # (empty)
+            self._buckets[avail + step] = moved
+            self._buckets.setdefault(0, IndexedSet())
+        return True
 
     def remove_holder(self, holder: H) -> list[int]:
         """A holder is gone; its in-flight chunks return to the pool (and are returned)."""
-        held = self._holders.pop(holder, set())
-        for chunk in held:
-            self._set_availability(chunk, self._availability[chunk] - 1)
+        held = self._holders.pop(holder, None)
+        self._needed.pop(holder, None)
+        if held is not None and not (len(held) == self.chunk_count and self._shift_all(-1)):
+            availability = self._availability
+            for chunk in held:
+                self._set_availability(chunk, availability[chunk] - 1)
         returned = [c for c, hs in self._requested.items() if holder in hs]
         for chunk in returned:
             self._unrequest(chunk, holder)
@@ -142,11 +213,13 @@ class Picker(Generic[H]):
     def pick(self, holder: H) -> int | None:
         """The next chunk to request from `holder`, marked as in flight; None if it has nothing to give."""
         held = self._holders.get(holder)
-        if not held:
+        held_count = len(held) if held is not None else 0
+        if not held_count:
             return None
+        assert held is not None
         unrequested = sorted(a for a, b in self._buckets.items() if a > 0 and len(b))
         for avail in unrequested:
-            chunk = self._choose(self._buckets[avail], held)
+            chunk = self._choose(self._buckets[avail], held, held_count)
             if chunk is not None:
                 self._buckets[avail].discard(chunk)
                 self._requested[chunk] = {holder}
@@ -155,19 +228,22 @@ class Picker(Generic[H]):
             return None  # other holders have chunks nobody fetches yet: not the end game, no duplicates
         return self._end_game(holder, held)
 
-    def _choose(self, bucket: IndexedSet, held: set[int]) -> int | None:
-        if len(held) >= self.chunk_count:  # a seeder: any chunk of the bucket
+    def _choose(self, bucket: IndexedSet, held: ChunkSet, held_count: int) -> int | None:
+        if held_count >= self.chunk_count:  # a seeder: any chunk of the bucket
             return bucket.choice(self.rng)
         for _ in range(min(_PROBES, len(bucket))):
             chunk = bucket.choice(self.rng)
             if chunk in held:
                 return chunk
-        candidates = bucket.as_set() & held if len(bucket) < len(held) else {c for c in held if c in bucket}
+        if len(bucket) < held_count:
+            candidates = [c for c in bucket if c in held]
+        else:
+            candidates = [c for c in held if c in bucket]
         if not candidates:
             return None
         return self.rng.choice(sorted(candidates))
 
-    def _end_game(self, holder: H, held: set[int]) -> int | None:
+    def _end_game(self, holder: H, held: ChunkSet) -> int | None:
         best: int | None = None
         best_count = MAX_REQUESTS_PER_CHUNK
         for chunk, requesters in self._requested.items():
@@ -180,19 +256,29 @@ class Picker(Generic[H]):
     # -- outcomes ------------------------------------------------------------------------------
     def completed(self, chunk: int) -> bool:
         """A verified copy of `chunk` is stored; False if we already had it (a duplicate)."""
-        if chunk in self.have:
+        if not 0 <= chunk < self.chunk_count or not self.have.add(chunk):
             return False
-        self.have.add(chunk)
-        self._requested.pop(chunk, None)
-        self._bucket(self._availability[chunk]).discard(chunk)
+        if self._requested.pop(chunk, None) is None:  # (a chunk in flight is in no bucket)
+            self._bucket(self._availability[chunk]).discard(chunk)
+        holding = self._availability[chunk]
+        if holding:  # (a download has a few dozen holders at most: a short loop)
+            needed = self._needed
+            if holding == len(needed):  # every holder has it (the common case: seeders)
+                for holder in needed:
+                    needed[holder] -= 1
+            else:
+                for holder, held in self._holders.items():
+                    if chunk in held:
+                        needed[holder] -= 1
         return True
 
     def failed(self, chunk: int, holder: H) -> None:
         """`holder` did not deliver a good `chunk` (error reply, wrong digest): stop counting on it for it."""
         held = self._holders.get(holder)
-        if held is not None and chunk in held:
-            held.discard(chunk)
+        if held is not None and held.discard(chunk):
             self._set_availability(chunk, self._availability[chunk] - 1)
+            if chunk not in self.have:
+                self._needed[holder] -= 1
         self._unrequest(chunk, holder)
 
     def cancelled(self, chunk: int, holder: H) -> None:
@@ -222,3 +308,48 @@ class Picker(Generic[H]):
         if bucket is None:
             bucket = self._buckets[avail] = IndexedSet()
         return bucket
+
+
+# -- which holders to connect ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Candidate(Generic[H]):
+    """A holder we know of but are not connected to, as `choose_holders` weighs it."""
+
+    holder: H
+    #: chunks it has that we do not
+    needed: int
+    #: of those, chunks no connected holder has (only it, or other candidates, can give them)
+    unique: int = 0
+    #: bytes/s it delivered, and its ping RTT, when we were connected to it before (None: never measured)
+    rate: float | None = None
+    rtt: float | None = None
+
+
+def rank_candidates(candidates: Iterable[Candidate[H]], rng: random.Random) -> list[H]:
+    """Candidates that have something we need, best first: those with chunks no connected holder has;
+    then by what we measured of them: the fastest measured throughput, then the lowest RTT, then those
+    never measured; then those with more chunks for us; ties at random, so the downloaders of a swarm
+    do not all crowd the same holders."""
+
+    def key(c: Candidate[H]) -> tuple[bool, int, float, int, float]:
+        if c.rate is not None:
+            tier, value = 0, -c.rate
+        elif c.rtt is not None:
+            tier, value = 1, c.rtt
+        else:
+            tier, value = 2, 0.0
+        return (c.unique == 0, tier, value, -c.needed, rng.random())
+
+    return [c.holder for c in sorted((c for c in candidates if c.needed > 0), key=key)]
+
+
+def choose_holders(
+    free: int, idle: Sequence[H], candidates: Iterable[Candidate[H]], rng: random.Random
+) -> tuple[list[H], list[H]]:
+    """(holders to close, holders to connect): `free` connection slots are open, `idle` connected holders
+    have nothing left that we need. The best candidates take the free slots, then the idle holders' slots
+    (an idle holder is closed only to make room for a candidate that has something for us)."""
+    free = max(0, free)
+    connect = rank_candidates(candidates, rng)[: free + len(idle)]
+    close = list(idle[: max(0, len(connect) - free)])
+    return close, connect

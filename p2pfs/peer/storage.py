@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from p2pfs.protocol.limits import (
 )
 
 PART_SUFFIX = ".part"
+
+log = logging.getLogger("p2pfs.peer")
 
 
 class StorageError(P2PFSError):
@@ -154,14 +157,23 @@ def part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + PART_SUFFIX)
 
 
+def open_no_follow(path: Path, flags: int, what: str = "create") -> int:
+    """`os.open(path, flags | O_NOFOLLOW, 0o644)`: a download's own files are never opened through a
+    symbolic link, so a link planted at `DEST.part` (say, to `~/.bashrc`) cannot make a download
+    truncate or write another file. StorageError (one line) if it cannot be opened."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StorageError(f"cannot {what} {path}: it is a symbolic link (refusing to follow it)") from None
+        raise StorageError(f"cannot {what} {path}: {exc.strerror}") from None
+
+
 def create_part(dest: Path, name: str, filesize: int, chunk_size: int, keep: bool = False) -> ChunkFile:
     """Create `DEST.part`, sized to the whole file, to receive chunks in any order (`keep`: reuse the
-    bytes of an existing one, for a resumed download)."""
+    bytes of an existing one, for a resumed download). Never through a symbolic link."""
     part = part_path(dest)
-    try:
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
-    except OSError as exc:
-        raise StorageError(f"cannot create {part}: {exc.strerror}") from None
+    fd = open_no_follow(part, os.O_RDWR | os.O_CREAT | (0 if keep else os.O_TRUNC))
     try:
         os.ftruncate(fd, filesize)
         if filesize:
@@ -188,13 +200,33 @@ def _allocate(fd: int, size: int) -> None:
 
 
 def finish_part(shared: ChunkFile, dest: Path) -> None:
-    """Every chunk is verified: move `DEST.part` to `DEST` (atomic on one file system)."""
+    """Every chunk is verified: move `DEST.part` to `DEST` (atomic on one file system), then sync the
+    directory, so that after a power loss `DEST` is there (the rename is durable only once its
+    directory is synced) rather than neither name."""
     try:
         os.fsync(shared.fd)
         os.replace(shared.path, dest)
     except OSError as exc:
         raise StorageError(f"cannot move {shared.path} to {dest}: {exc.strerror}") from None
     shared.path = dest
+    sync_directory(dest.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory (its entries: renames, creations). The file is in place whatever happens here,
+    so a failure is a warning, not an error: some file systems cannot sync a directory at all."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        log.warning("cannot open %s to sync it: %s", directory, exc.strerror)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+            log.warning("cannot sync directory %s: %s", directory, exc.strerror)
+    finally:
+        os.close(fd)
 
 
 def discard_part(shared: ChunkFile) -> None:

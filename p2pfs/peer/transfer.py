@@ -7,6 +7,10 @@ them (SHA-256 releases the GIL) and write the verified ones to `DEST.part` while
 receiving. Only then is a chunk marked held and registered with the tracker; `DEST.part` becomes `DEST`
 only when every chunk is verified. A holder that dies or
 times out gives its chunks back to the pool; locations are refreshed from the tracker while downloading.
+
+Hostile holders cost little: at most MAX_HOLDERS connections are open at once (the best candidates
+first, see `picker.choose_holders`); a holder that sends a corrupt chunk, a chunk it was not asked for,
+or one useless substitute after another is dropped and not asked again during this download.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pfs.address import Address
+from p2pfs.chunkset import ChunkSet
 from p2pfs.errors import (
     FileNotPublished,
     NoSourceForChunk,
@@ -35,7 +40,7 @@ from p2pfs.errors import (
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
 from p2pfs.peer import storage
 from p2pfs.peer.partfile import PartFile
-from p2pfs.peer.picker import Picker
+from p2pfs.peer.picker import Candidate, Picker, choose_holders
 from p2pfs.peer.storage import ChunkFile
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
@@ -63,6 +68,19 @@ VERIFY_THREADS = 2
 #: Receive buffers per download, in bytes: chunks being read or waiting for a verify thread. Bounds the
 #: memory a download uses whatever the file size (at least 3 buffers, whatever the chunk size).
 BUFFER_BYTES = 8 << 20
+#: Most holders a download is connected to (or connecting to) at once. Each costs a socket, a window of
+#: up to window.MAX_WINDOW requests and a bitmap of its chunks; 32 holders already fill any downlink
+#: (a handful fill 1 Gbit/s on a LAN), and a file with thousands of holders must not open thousands of
+#: sockets (BitTorrent clients cap a torrent at 50-80 peers for the same reasons). The others wait as
+#: candidates, connected when a slot frees or when a connected holder has nothing left that we need.
+MAX_HOLDERS = 32
+#: Most holders known but not connected whose chunks are remembered (a bitmap each: 32 KiB for the
+#: largest file, so 8 MiB at most). Others are left out; the tracker lists them again at the next refresh.
+MAX_CANDIDATES = 256
+#: A holder whose replies are this many useless substitutes in a row (a chunk we already had, sent in
+#: place of the one asked for) is dropped for this download: an honest super-seeder substitutes only
+#: chunks nobody has had yet, so a few in a row are a bug or an attack, and every one wastes a request.
+USELESS_REPLY_LIMIT = 4
 
 
 @dataclass
@@ -95,8 +113,21 @@ class DownloadResult:
         return self.filesize / (1 << 20) / self.seconds if self.seconds > 0 else 0.0
 
 
-class CorruptChunk(ProtocolError):
+class Misbehaving(ProtocolError):
+    """A holder broke the protocol in a way an honest one never does: dropped, and not asked again
+    during this download."""
+
+
+class CorruptChunk(Misbehaving):
     """A holder sent bytes that do not match the chunk's hash."""
+
+
+class UnaskedChunk(Misbehaving):
+    """A holder answered a request with another chunk though the request did not allow a substitute."""
+
+
+class UselessHolder(Misbehaving):
+    """A holder sent USELESS_REPLY_LIMIT substitutes in a row that we already had."""
 
 
 class BufferPool:
@@ -129,6 +160,8 @@ class _Holder:
     meter: ThroughputMeter = field(default_factory=ThroughputMeter)
     window: int = 1
     task: asyncio.Task[None] | None = None
+    #: its latest replies in a row that were useless substitutes (see USELESS_REPLY_LIMIT)
+    useless: int = 0
 
 
 class Download:
@@ -157,15 +190,26 @@ class Download:
         self.on_progress = on_progress
         self.refresh_interval = refresh_interval
         self.sources: Counter[Address] = Counter()
+        #: holders connected (at most MAX_HOLDERS, with those connecting)
         self._holders: dict[Address, _Holder] = {}
         self._connecting: dict[Address, asyncio.Task[None]] = {}
+        #: chunks of the holders we know but are not connected to (candidates, and those connecting)
+        self._known: dict[Address, ChunkSet] = {}
+        #: candidates that may have something we need (the others had nothing when last looked at)
+        self._hopeful: set[Address] = set()
+        #: (throughput, RTT) measured of holders we were connected to, to rank them as candidates again
+        self._measured: dict[Address, tuple[float | None, float]] = {}
+        #: holders that published the file from their own copy: only they may send substitutes
+        self._publishers: set[Address] = set()
         self._dead: dict[Address, float] = {}
+        #: workers of retired holders, still finishing their cancellation (awaited when the download ends)
+        self._retiring: set[asyncio.Task[None]] = set()
         self._changed = asyncio.Event()
         self._picker: Picker[Address] = Picker(0)
         self._file: ChunkFile | None = None
         self._part: PartFile | None = None
         self._expected: list[str] | None = None
-        #: holders that sent a corrupt chunk: never asked again during this download
+        #: holders that misbehaved (see Misbehaving): never asked again during this download
         self._banned: set[Address] = set()
         self._bytes_done = 0
         #: set when the download ends: workers stop at their next step even if a cancellation was lost
@@ -175,13 +219,13 @@ class Download:
         #: chunks a verify thread has claimed for writing (the first verified copy wins)
         self._claimed: set[int] = set()
         self._claim_lock = threading.Lock()
+        #: chunks with a copy handed to a verify thread and not settled yet (read on the event loop only)
+        self._incoming: set[int] = set()
         #: verifications not yet settled (awaited before the file is closed: a thread may be writing)
         self._verifying: set[asyncio.Future[_Verified]] = set()
         #: set when the download cannot go on whatever the holders do (a chunk cannot be written)
         self._failure: P2PFSError | None = None
         self._content_id: str | None = None
-        #: pushed updates being applied (connecting to new holders)
-        self._updating: set[asyncio.Task[bool]] = set()
 
     async def run(self) -> DownloadResult:
         started = time.monotonic()
@@ -209,7 +253,6 @@ class Download:
         part = PartFile.open(dest, self.name, filesize, chunk_size, location.contentid)
         self._file = shared = part.shared
         self._part = part
-        self._claimed = set(shared.have)
         self._pool = BufferPool(chunk_size, max(3, BUFFER_BYTES // chunk_size))
         self._executor = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pfs-verify")
         ok = False
@@ -218,6 +261,7 @@ class Download:
         try:
             if part.candidates:
                 resumed = await asyncio.to_thread(part.verify_resumed, expected)
+            self._claimed = set(shared.have)
             self._bytes_done = sum(shared.chunk_length(c) for c in resumed)
             self.library[self.name] = shared  # serve chunks while still downloading
             if resumed:
@@ -228,7 +272,8 @@ class Download:
             # covered what came before)
             self.tracker.watch(self.name, self._on_update)
             if not self._picker.complete:
-                await self._add_holders(location.holder_chunks())
+                self._set_publishers(location.publishers)
+                self._add_holders(location.holder_runs())
                 try:
                     await self._download_all()
                 except NoSourceForChunk as exc:
@@ -273,6 +318,8 @@ class Download:
         while not picker.complete:
             if self._failure is not None:
                 raise self._failure
+            if not picker.can_progress():
+                self._rebalance()  # (connected holders have nothing for us: try candidates that may)
             if not picker.can_progress() and not self._connecting:
                 if self._verifying:  # chunks received from a holder that has gone may still complete
                     await asyncio.wait(list(self._verifying))
@@ -290,6 +337,8 @@ class Download:
                 news = await self._refresh()
                 last_refresh = time.monotonic()
                 interval = REFRESH_INTERVAL_MIN if news else min(interval * 2, self.refresh_interval)
+        if self._failure is not None:  # (the last chunk's settling may have failed)
+            raise self._failure
 
     async def _refresh(self) -> bool:
         """Ask the tracker for fresh locations; True if it told us anything new."""
@@ -301,80 +350,161 @@ class Download:
         if location.contentid != self._content_id:
             log.info("%s is now listed with other content; ignoring its new holders", self.name)
             return False
-        return await self._add_holders(location.holder_chunks())
+        self._set_publishers(location.publishers)
+        return self._add_holders(location.holder_runs())
 
     def _on_update(self, update: m.ReplyFileLocation) -> None:
         """News pushed by the tracker (holders and chunks registered since its last update)."""
         if self._closing or update.contentid != self._content_id:
             return  # (a different file published under the same name since we started)
-        task = asyncio.create_task(self._add_holders(update.holder_chunks(), complete=False))
-        self._updating.add(task)
-        task.add_done_callback(self._updating.discard)
+        try:
+            self._add_holders(update.holder_runs(), complete=False)
+        except Exception as exc:  # (called by the tracker client's reader: a bug must stop us, not it)
+            log.exception("cannot apply an update of %s", self.name)
+            self._fail(exc)
 
-    async def _add_holders(self, chunkinfo: dict[str, list[int]], complete: bool = True) -> bool:
-        """Record availability; ping and start workers for new holders. True if anything was new.
-        `complete`: chunkinfo is the tracker's whole view (not an update), so it also says what the
-        tracker is missing of ours."""
+    def _set_publishers(self, publishers: list[str] | None) -> None:
+        found: set[Address] = set()
+        for text in publishers or ():
+            try:
+                found.add(Address.parse(text))
+            except ValueError:
+                log.warning("tracker listed a bad publisher address %r", text)
+        self._publishers = found
+
+    def _add_holders(self, holder_runs: dict[str, list[tuple[int, int]]], complete: bool = True) -> bool:
+        """Record availability (each holder's chunks as runs); connect new holders while there is room.
+        True if anything was new. `complete`: holder_runs is the tracker's whole view (not an update), so
+        it also says what the tracker is missing of ours."""
         news = False
         now = time.monotonic()
-        new: dict[Address, list[int]] = {}
+        size = self._picker.chunk_count
         if complete:
-            self._reregister_missing(chunkinfo)
-        for text, chunks in chunkinfo.items():
+            self._reregister_missing(holder_runs)
+        for text, runs in holder_runs.items():
             try:
                 address = Address.parse(text)
             except ValueError:
                 log.warning("tracker listed a bad holder address %r", text)
                 continue
-            if address == self.self_address or not chunks or address in self._banned:
+            if address == self.self_address or not runs or address in self._banned:
                 continue
             if address in self._holders:
-                if self._picker.add_holder(address, chunks):
+                if self._picker.add_holder_runs(address, runs):
                     news = True
-            elif address not in self._connecting and now - self._dead.get(address, -1e9) > RETRY_DEAD_AFTER:
-                new[address] = chunks
-        if new:
-            news = True
-            tasks = {a: asyncio.create_task(self._connect_holder(a, c)) for a, c in new.items()}
-            self._connecting.update(tasks)
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
+                continue
+            known = self._known.get(address)
+            if known is not None:
+                before = len(known)
+                known.add_runs(runs)
+                gained = len(known) > before
+            elif now - self._dead.get(address, -1e9) > RETRY_DEAD_AFTER and self._room_for_candidate():
+                known = ChunkSet.from_runs(size, runs)
+                gained = bool(known)
+                if gained:
+                    self._known[address] = known
+            else:
+                continue
+            if gained:
+                news = True
+                if address not in self._connecting:
+                    self._hopeful.add(address)
         if news:
+            self._rebalance()
             self._notify()
         return news
 
-    def _reregister_missing(self, chunkinfo: dict[str, list[int]]) -> None:
+    def _room_for_candidate(self) -> bool:
+        """Whether one more candidate's chunks may be remembered (forgetting one that had nothing for us
+        if need be)."""
+        if len(self._known) < MAX_CANDIDATES:
+            return True
+        for address in self._known:
+            if address not in self._hopeful and address not in self._connecting:
+                del self._known[address]
+                return True
+        return False
+
+    def _reregister_missing(self, holder_runs: dict[str, list[tuple[int, int]]]) -> None:
         """If the tracker lists fewer of our chunks than we hold (it restarted, or our registrations
         arrived before the file was listed again), register the missing ones in one batch."""
-        shared = self._file
-        if shared is None or not shared.have or self.self_address is None:
+        have = self._picker.have  # (the chunks verified and held: the same as the ChunkFile's)
+        if not have or self.self_address is None:
             return
-        listed = set(chunkinfo.get(str(self.self_address), ()))
-        missing = sorted(shared.have - listed)
+        listed = ChunkSet.from_runs(have.size, holder_runs.get(str(self.self_address), ()))
+        missing = have.difference(listed)
         if missing:
-            self.tracker.register_chunks(self.name, missing)
+            self.tracker.register_chunks(self.name, missing.numbers())
 
-    async def _connect_holder(self, address: Address, chunks: list[int]) -> None:
+    # -- which holders we are connected to -----------------------------------------------------
+    def _rebalance(self) -> None:
+        """Connect the best candidates while fewer than MAX_HOLDERS holders are connected or connecting,
+        and in place of connected holders that have nothing left that we need (see choose_holders)."""
+        if self._closing or not self._hopeful:
+            return
+        picker = self._picker
+        free = MAX_HOLDERS - len(self._holders) - len(self._connecting)
+        idle = [address for address in self._holders if picker.needed(address) == 0]
+        if free <= 0 and not idle:
+            return
+        coverage = picker.coverage().union_of(self._known[a] for a in self._connecting if a in self._known)
+        candidates: list[Candidate[Address]] = []
+        for address in list(self._hopeful):
+            chunks = self._known[address]
+            needed = picker.wanted(chunks)
+            if not needed:
+                self._hopeful.discard(address)  # (hopeful again when the tracker says it has more)
+                continue
+            rate, rtt = self._measured.get(address, (None, None))
+            candidates.append(Candidate(address, needed, chunks.count_not_in(coverage), rate, rtt))
+        close, connect = choose_holders(free, idle, candidates, picker.rng)
+        for address in close:
+            self._retire(self._holders[address])
+        for address in connect:
+            self._hopeful.discard(address)
+            self._connecting[address] = asyncio.create_task(self._connect_holder(address))
+
+    def _retire(self, holder: _Holder) -> None:
+        """Close a healthy holder that has nothing left that we need, to make room for a candidate; it
+        stays a candidate (its chunks remembered) in case it gets more."""
+        address = holder.address
+        log.debug("holder %s has nothing left that we need; closed to make room for another", address)
+        chunks = self._picker.chunks_of(address)
+        self._measured[address] = (holder.meter.rate, holder.rtt)
+        del self._holders[address]
+        if holder.task is not None:
+            holder.task.cancel()
+            self._retiring.add(holder.task)
+            holder.task.add_done_callback(self._retiring.discard)
+        holder.conn.close()
+        self._picker.remove_holder(address)
+        if chunks is not None:
+            self._known[address] = chunks
+        self._notify()
+
+    async def _connect_holder(self, address: Address) -> None:
+        conn: Connection | None = None
         try:
-            conn = await connect(address, PING_TIMEOUT, self.security, "holder")
-            try:
-                sent = time.monotonic()
-                async with asyncio.timeout(PING_TIMEOUT):
-                    reply = await conn.request(m.PeerPingPong())
-                rtt = time.monotonic() - sent
-                if not isinstance(reply, m.PeerPingPong):
-                    raise ProtocolError("holder did not answer PEER_PING_PONG")
-            except BaseException:
-                conn.close()
-                raise
+            conn, rtt = await self._ping(address)
         except (TimeoutError, OSError, P2PFSError) as exc:
             log.info("holder %s unreachable: %s", address, describe_os_error(exc))
-            self._dead[address] = time.monotonic()
-            return
+        except Exception:  # (a bug: this holder is skipped, the download goes on)
+            log.exception("holder %s skipped after an internal error", address)
         finally:
             self._connecting.pop(address, None)
+        chunks = self._known.pop(address, None)
+        if conn is None or chunks is None or self._closing or address in self._banned:
+            if conn is not None:
+                conn.close()
+            else:
+                self._dead[address] = time.monotonic()
+            self._hopeful.discard(address)
+            self._rebalance()  # (a slot is free)
+            self._notify()
+            return
         holder = _Holder(address, conn, rtt)
         self._holders[address] = holder
-        self._picker.add_holder(address, chunks)
+        self._picker.add_holder_set(address, chunks)
         fastest = min(h.rtt for h in self._holders.values())
         for h in self._holders.values():
             if h.meter.rate is None:
@@ -382,12 +512,26 @@ class Download:
         holder.task = asyncio.create_task(self._fetch_from(holder))
         self._notify()
 
+    async def _ping(self, address: Address) -> tuple[Connection, float]:
+        """Connect to a holder and time a PEER_PING_PONG."""
+        conn = await connect(address, PING_TIMEOUT, self.security, "holder")
+        try:
+            sent = time.monotonic()
+            async with asyncio.timeout(PING_TIMEOUT):
+                reply = await conn.request(m.PeerPingPong())
+            if not isinstance(reply, m.PeerPingPong):
+                raise ProtocolError("holder did not answer PEER_PING_PONG")
+            return conn, time.monotonic() - sent
+        except BaseException:
+            conn.close()
+            raise
+
     async def _close_holders(self) -> None:
         self._closing = True
         self._notify()
         tasks: list[asyncio.Task[object]] = [h.task for h in self._holders.values() if h.task is not None]
         tasks += list(self._connecting.values())
-        tasks += list(self._updating)
+        tasks += list(self._retiring)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -401,19 +545,26 @@ class Download:
     # -- one holder ----------------------------------------------------------------------------
     async def _fetch_from(self, holder: _Holder) -> None:
         picker = self._picker
-        outstanding: list[int] = []  # in request order; replies come in the same order
+        # (chunk, whether the request allowed a substitute), in request order; replies come in that order
+        outstanding: deque[tuple[int, bool]] = deque()
         try:
             while not picker.complete and not self._closing:
-                while len(outstanding) < holder.window:
+                # a holder whose last replies were useless substitutes gets one request at a time
+                window = 1 if holder.useless else holder.window
+                while len(outstanding) < window:
                     chunk = picker.pick(holder.address)
                     if chunk is None:
                         break
                     if not outstanding:
                         holder.meter.start(time.monotonic())
+                    # only a publisher super-seeds: nobody else is allowed to answer with another chunk
+                    substitute = self.raw and holder.address in self._publishers
                     holder.conn.send(
-                        m.PeerRequestChunk(filename=self.name, chunknum=chunk, raw=self.raw, substitute=self.raw)
+                        m.PeerRequestChunk(
+                            filename=self.name, chunknum=chunk, raw=self.raw, substitute=substitute
+                        )
                     )
-                    outstanding.append(chunk)
+                    outstanding.append((chunk, substitute))
                 if not outstanding:
                     holder.meter.idle()
                     await self._changed.wait()
@@ -421,9 +572,9 @@ class Download:
                 await holder.conn.drain()
                 async with asyncio.timeout(CHUNK_TIMEOUT):
                     reply = await holder.conn.recv()
-                chunk = outstanding.pop(0)
-                await self._receive(holder, chunk, reply)
-        except CorruptChunk as exc:
+                chunk, substitute = outstanding.popleft()
+                await self._receive(holder, chunk, substitute, reply)
+        except Misbehaving as exc:
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
             log.warning("holder %s %s; dropped for this file", holder.address, exc)
             self._banned.add(holder.address)
@@ -441,8 +592,9 @@ class Download:
             if picker.complete or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
 
-    async def _receive(self, holder: _Holder, chunk: int, reply: m.AnyMessage) -> None:
-        """Take one reply to a chunk request; its bytes go to a verify thread, settled by `_settle`."""
+    async def _receive(self, holder: _Holder, chunk: int, substitute: bool, reply: m.AnyMessage) -> None:
+        """Take one reply to a request for `chunk` (`substitute`: the request allowed another chunk in
+        reply); its bytes go to a verify thread, settled by `_settle`."""
         shared, pool, executor = self._file, self._pool, self._executor
         assert shared is not None and pool is not None and executor is not None
         if isinstance(reply, m.Error):
@@ -452,12 +604,25 @@ class Download:
             return
         if not isinstance(reply, m.PeerReplyChunk) or reply.filename != self.name:
             raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with {_describe(reply)}")
+        asked = chunk
         if reply.chunknum != chunk:
-            # super-seeding: we said we accept another chunk (`substitute`, asked with the fast path)
-            if not self.raw or reply.chunknum >= shared.chunk_count:
-                raise ProtocolError(f"holder {holder.address} answered chunk {chunk} with chunk {reply.chunknum}")
+            # super-seeding: we said we accept another chunk (`substitute`, only asked of publishers)
+            if not substitute:
+                raise UnaskedChunk(f"answered a request for chunk {chunk} with chunk {reply.chunknum} unasked")
+            if reply.chunknum >= shared.chunk_count:
+                raise UnaskedChunk(f"answered chunk {chunk} with chunk {reply.chunknum}, beyond the file's end")
             self._picker.cancelled(chunk, holder.address)
             chunk = reply.chunknum
+        # new: no copy of it is held, claimed or being verified (another copy of a chunk asked for is an
+        # end-game duplicate, our own doing: it neither counts against the holder nor for it)
+        new = chunk not in self._claimed and chunk not in self._incoming
+        useless = not new and chunk != asked
+        if new:
+            holder.useless = 0
+        elif useless:
+            holder.useless += 1
+            if holder.useless >= USELESS_REPLY_LIMIT:
+                raise UselessHolder(f"sent {holder.useless} chunks in a row that we had, in place of others")
         length = shared.chunk_length(chunk)
         buf: bytearray | None = None
         if reply.rawlength is not None:
@@ -477,6 +642,10 @@ class Download:
             data = reply.data
             if len(data) != length:
                 raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")  # (wrong length)
+        if useless:  # read (the stream goes on) but neither hashed nor counted as throughput
+            if buf is not None:
+                pool.release(buf)
+            return
         holder.meter.delivered(length, time.monotonic())
         if holder.meter.rate is not None:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
@@ -484,6 +653,7 @@ class Download:
         want = self._expected[chunk] if self._expected is not None else reply.digest.lower()
         future = asyncio.get_running_loop().run_in_executor(executor, self._verify_and_write, chunk, data, want)
         self._verifying.add(future)
+        self._incoming.add(chunk)
         future.add_done_callback(lambda f: self._settle(f, holder, chunk, length, buf))
 
     def _verify_and_write(self, chunk: int, data: bytes | memoryview, want: str) -> _Verified:
@@ -504,11 +674,22 @@ class Download:
         self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int, buf: bytearray | None
     ) -> None:
         """Back on the event loop: a verified, written chunk becomes held and is announced; a corrupt one
-        drops its holder."""
+        drops its holder. Whatever goes wrong here (the state log cannot be written, a bug) fails the
+        download with one clear error: a done-callback's exception would only be logged by the loop."""
         self._verifying.discard(future)
+        self._incoming.discard(chunk)
         if buf is not None:
             assert self._pool is not None
             self._pool.release(buf)
+        try:
+            self._settle_verified(future, holder, chunk, length)
+        except Exception as exc:
+            if not self._closing:
+                if not isinstance(exc, (OSError, P2PFSError)):
+                    log.exception("internal error while settling chunk %d of %s", chunk, self.name)
+                self._fail(exc)
+
+    def _settle_verified(self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int) -> None:
         if future.cancelled():
             return
         error = future.exception()
@@ -532,9 +713,10 @@ class Download:
             return  # an end-game duplicate (the first copy was written), or the download is over
         shared, part = self._file, self._part
         assert shared is not None and part is not None
-        self._picker.completed(chunk)
+        part.record(chunk, digest)  # (StorageError if the disk is full: the chunk is then not held)
+        if not self._picker.completed(chunk):
+            return
         shared.mark(chunk, digest)
-        part.record(chunk, digest)
         self._bytes_done += length
         self.sources[holder.address] += 1
         self.tracker.register_chunk(self.name, chunk)
@@ -542,10 +724,17 @@ class Download:
         self._report()
 
     def _fail(self, error: BaseException) -> None:
-        shared = self._file
-        where = shared.path if shared is not None else self.dest
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        self._failure = storage.StorageError(f"cannot write to {where}: {reason}")
+        """The download cannot go on whatever the holders do: `run` raises one clear error (the first)."""
+        if self._failure is None:
+            if isinstance(error, P2PFSError):
+                self._failure = error
+            elif isinstance(error, OSError):
+                shared = self._file
+                where = error.filename or (shared.path if shared is not None else self.dest)
+                reason = error.strerror or str(error)
+                self._failure = storage.StorageError(f"cannot write to {where}: {reason}")
+            else:
+                self._failure = P2PFSError(f"download of {self.name!r} stopped by an internal error: {error!r}")
         self._notify()
 
     def _drop(self, holder: _Holder) -> None:
@@ -554,6 +743,7 @@ class Download:
         self._dead[holder.address] = time.monotonic()
         holder.conn.close()
         self._picker.remove_holder(holder.address)
+        self._rebalance()  # (a slot is free)
         self._notify()
 
     def _notify(self) -> None:

@@ -172,6 +172,29 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
             for holder, runs in self.chunkranges.items()
         }
 
+    def holder_runs(self) -> dict[str, list[tuple[int, int]]]:
+        """Each holder's chunks as runs [first, end), whichever form the tracker used: `chunkranges` as
+        sent (unchecked: a run with end <= first is empty; the reader clips runs to the file), or the
+        seed's lists turned into runs. A complete holder of a huge file stays one run, never a list."""
+        if self.chunkranges is not None:
+            return self.chunkranges
+        return {holder: _runs_of(numbers) for holder, numbers in self.chunkinfo.items()}
+
+
+def _runs_of(numbers: list[int]) -> list[tuple[int, int]]:
+    """The numbers (in any order, repeats allowed) as maximal runs [first, end), ascending."""
+    runs: list[tuple[int, int]] = []
+    first = end = -1
+    for number in sorted(set(numbers)):
+        if number != end:
+            if end >= 0:
+                runs.append((first, end))
+            first = number
+        end = number + 1
+    if end >= 0:
+        runs.append((first, end))
+    return runs
+
 
 class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaults=True):
     chunknum: ChunkNumber

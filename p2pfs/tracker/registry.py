@@ -8,15 +8,27 @@ incomplete.
 
 from __future__ import annotations
 
-import itertools
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from p2pfs.address import Address
+from p2pfs.chunkset import ChunkSet
 from p2pfs.protocol import hashes
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNKS
+
+# (ChunkSet lives in p2pfs.chunkset; it is still exported from here for the tracker server and tests)
+__all__ = [
+    "MAX_FILES",
+    "MAX_HOLDER_BITS",
+    "MAX_HOLDER_RECORDS",
+    "MAX_LISTED_CHUNKS",
+    "MAX_PUBLISHED_CHUNKS_PER_PEER",
+    "MAX_UNHASHED_CHUNKS_PER_PEER",
+    "ChunkSet",
+    "FileRecord",
+    "PublishRefused",
+    "Registry",
+]
 
 #: Most chunks one peer may publish in all (4 files of MAX_CHUNKS): publishing costs the tracker memory
 #: (a bit per chunk per holder and a counter per chunk, ~2 MB for the largest file), so a single
@@ -36,91 +48,6 @@ MAX_LISTED_CHUNKS = 1 << 25
 MAX_HOLDER_RECORDS = 1 << 20
 #: Chunk bits of all holder records together (their bitmaps: 2^31 bits, 256 MiB).
 MAX_HOLDER_BITS = 1 << 31
-
-T = TypeVar("T")
-
-
-class ChunkSet:
-    """The chunk numbers one holder has, as a bitmap (1 bit per chunk; a set of ints costs ~40 bytes each).
-    Compares equal to a set of the same numbers.
-
-    `numbers()` and `runs()` work at C speed (the bitmap as one big int, its binary digits scanned by
-    `bytes.translate`/`re`), and `memo` keeps values derived from the set (such as its encoded form in a
-    reply) until the set changes: a tracker answers the same locations many times between changes."""
-
-    __slots__ = ("_bits", "_count", "_memo", "_size")
-
-    def __init__(self, size: int, full: bool = False) -> None:
-        self._size = size
-        self._bits = bytearray(b"\xff" * ((size + 7) // 8)) if full else bytearray((size + 7) // 8)
-        if full and size % 8:
-            self._bits[-1] = (1 << (size % 8)) - 1
-        self._count = size if full else 0
-        self._memo: dict[str, object] = {}
-
-    def add(self, chunk: int) -> bool:
-        """Add `chunk`; True if it was not there."""
-        byte, bit = divmod(chunk, 8)
-        if self._bits[byte] >> bit & 1:
-            return False
-        self._bits[byte] |= 1 << bit
-        self._count += 1
-        if self._memo:
-            self._memo.clear()
-        return True
-
-    def memo(self, key: str, make: Callable[[ChunkSet], T]) -> T:
-        """`make(self)`, computed once until the set changes."""
-        try:
-            return self._memo[key]  # type: ignore[return-value]
-        except KeyError:
-            value = self._memo[key] = make(self)
-            return value
-
-    def __contains__(self, chunk: object) -> bool:
-        if not isinstance(chunk, int) or not 0 <= chunk < self._size:
-            return False
-        return bool(self._bits[chunk >> 3] >> (chunk & 7) & 1)
-
-    def __len__(self) -> int:
-        return self._count
-
-    def _digits(self) -> bytes:
-        """One byte per chunk, b"1" held / b"0" not, lowest chunk first (trailing zeros omitted)."""
-        value = int.from_bytes(self._bits, "little")
-        return format(value, "b").encode("ascii")[::-1] if value else b""
-
-    def numbers(self) -> list[int]:
-        """The chunk numbers held, ascending."""
-        if self._count == self._size:
-            return list(range(self._size))
-        digits = self._digits()
-        return list(itertools.compress(range(len(digits)), digits.translate(_DIGIT_VALUES)))
-
-    def runs(self) -> list[tuple[int, int]]:
-        """The chunks held as runs [first, end) of consecutive numbers, ascending."""
-        if self._count == self._size:
-            return [(0, self._size)] if self._size else []
-        return [match.span() for match in _RUN.finditer(self._digits())]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.numbers())
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ChunkSet):
-            return self._bits == other._bits
-        if isinstance(other, (set, frozenset)):
-            return len(other) == self._count and all(c in self for c in other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"ChunkSet({set(self)!r})"
-
-
-_DIGIT_VALUES = bytes.maketrans(b"01", b"\x00\x01")
-_RUN = re.compile(b"1+")
 
 
 @dataclass

@@ -30,6 +30,8 @@ MAX_CONNECTIONS_PER_HOST = 2048
 #: Bytes that frames above MAX_SMALL_FRAME (publishes with chunk hashes) may hold at once, across all
 #: connections: five of the largest. Others wait their turn, unread.
 LARGE_FRAME_BUDGET = 5 * MAX_TRACKER_FRAME
+#: Commas a frame above MAX_SMALL_FRAME may contain (a publish has about ten).
+MAX_LARGE_FRAME_COMMAS = 256
 #: Chunk numbers of a batch registration taken in one turn of the event loop (~2 ms of work).
 REGISTER_SLICE = 4096
 #: Seconds a connection that has not registered may stay silent (registered peers may stay silent).
@@ -84,7 +86,12 @@ class TrackerServer(FrameServer):
         return None if conn in self._address_of else UNREGISTERED_IDLE_TIMEOUT
 
     def check_frame(self, conn: Connection, body: bytes | bytearray) -> str | None:
-        if len(body) > MAX_SMALL_FRAME and framing.leading_type(body) != "REQUEST_PUBLISH":
+        if len(body) <= MAX_SMALL_FRAME:
+            return None
+        # A large frame must be a publish, whose bulk is one base64 string (the chunk hashes): a few
+        # dozen commas at most. Millions of array elements or fields would cost the parser 100+ ms; a
+        # C-speed count refuses them first.
+        if framing.leading_type(body) != "REQUEST_PUBLISH" or body.count(b",") > MAX_LARGE_FRAME_COMMAS:
             return (
                 f"frame of {len(body)} bytes refused: only a REQUEST_PUBLISH (with its type first) may exceed "
                 f"{MAX_SMALL_FRAME} bytes"

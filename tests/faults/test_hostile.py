@@ -928,10 +928,10 @@ def test_holder_that_never_answers_the_ping_is_skipped(tmp_path: Path, procs: Ca
         done = get_ok(swarm, tmp_path / "out.bin", "-v", env={"P2PFS_PING_TIMEOUT": "1"})
         assert fake.pings >= 1 and fake.chunk_requests == 0
     assert done["sources"] == {swarm.paddr: 4}
-    assert re.search(rf"holder 127\.0\.0\.1:{fake.port} unreachable: timed out", done["stderr"]), done[
-        "stderr"
-    ]
-    # the 1 s ping timeout was applied, not the 3 s default
+    # The download does not wait for a holder's ping before using the others: it may finish before the
+    # mute holder's 1 s ping timeout (then its ping is cancelled), or log it unreachable; either way it
+    # is never asked for a chunk, and it does not hold the download up to the 3 s default timeout.
+    assert "Traceback" not in done["stderr"]
     assert done["seconds"] < 2.8, done
     assert_healthy(swarm.tracker, swarm.sharer)
 

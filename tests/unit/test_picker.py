@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pfs.peer.picker import MAX_REQUESTS_PER_CHUNK, IndexedSet, Picker
+from p2pfs.chunkset import ChunkSet
+from p2pfs.peer.picker import (
+    MAX_REQUESTS_PER_CHUNK,
+    Candidate,
+    IndexedSet,
+    Picker,
+    choose_holders,
+    rank_candidates,
+)
 from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
 
 
@@ -325,7 +333,7 @@ def test_have_chunks_are_never_handed_out() -> None:
             st.dictionaries(st.sampled_from("ABCDE"), st.sets(st.integers(0, n - 1)), min_size=1),
             st.sets(st.integers(0, n - 1)),
             st.lists(
-                st.tuples(st.sampled_from("ABCDE"), st.sampled_from(["pick", "done", "fail", "leave"])),
+                st.tuples(st.sampled_from("ABCDE"), st.sampled_from(["pick", "done", "fail", "leave", "seed"])),
                 max_size=40,
             ),
             st.integers(0, 2**32),
@@ -366,9 +374,19 @@ def test_picking_invariants(
             returned = p.remove_holder(holder)
             assert sorted(returned) == sorted(c for c, hs in before.items() if holder in hs)
             del held[holder]
+        elif action == "seed":  # the holder now has every chunk, told as one run (the bulk path)
+            assert p.add_holder_runs(holder, [(0, n)]) == n - len(held.get(holder, set()))
+            held[holder] = set(range(n))
         for c in range(n):
             assert p.availability(c) == sum(c in cs for cs in held.values())
         assert p.unavailable() == sorted(c for c in range(n) if c not in p.have and p.availability(c) == 0)
+        for h, cs in held.items():
+            assert p.needed(h) == len(cs - set(p.have))
+            assert p.chunks_of(h) == cs
+        # every missing chunk not in flight is pickable at its availability (the buckets stay exact)
+        flying = p.in_flight()
+        for c in p.missing():
+            assert (c in flying) is (c not in p._buckets.get(p.availability(c), IndexedSet()))
 
 
 # -- preference for fast holders, with windows from window.py ---------------------------------------------
@@ -452,3 +470,134 @@ def test_indexed_set() -> None:
     assert sorted(s) == [1, 9] and 5 not in s and 9 in s
     rng = random.Random(0)
     assert {s.choice(rng) for _ in range(50)} == {1, 9}
+
+
+# -- availability from runs and bitmaps ---------------------------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(
+    st.integers(1, 40).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.dictionaries(
+                st.sampled_from("ABCD"),
+                st.lists(st.tuples(st.integers(-2, n + 2), st.integers(-2, n + 2)), max_size=4),
+                min_size=1,
+            ),
+            st.integers(0, 2**32),
+        )
+    )
+)
+def test_runs_give_the_same_availability_and_picks_as_lists(
+    case: tuple[int, dict[str, list[tuple[int, int]]], int],
+) -> None:
+    n, table, seed = case
+    by_runs: Picker[str] = Picker(n, rng=random.Random(seed))
+    by_lists: Picker[str] = Picker(n, rng=random.Random(seed))
+    for holder, runs in table.items():
+        numbers = [c for first, end in runs for c in range(first, end)]
+        assert by_runs.add_holder_runs(holder, runs) == len(by_lists.add_holder(holder, numbers))
+    assert [by_runs.availability(c) for c in range(n)] == [by_lists.availability(c) for c in range(n)]
+    for holder in table:
+        assert by_runs.chunks_of(holder) == set(by_lists.chunks_of(holder) or ())
+        # (the same chunks; the order may differ: ties are broken at random over a differently built bucket)
+        assert sorted(drain(by_runs, holder)) == sorted(drain(by_lists, holder))
+
+
+def test_a_seeder_joining_and_leaving_in_bulk_is_the_same_as_chunk_by_chunk() -> None:
+    def state(p: Picker[str]) -> tuple[list[int], dict[int, list[int]], dict[int, set[str]]]:
+        buckets = {a: sorted(b) for a, b in p._buckets.items() if len(b)}
+        return [p.availability(c) for c in range(p.chunk_count)], buckets, p.in_flight()
+
+    for partial in ([], [1, 2, 3, 4, 5], list(range(10))):
+        bulk = picker(10, {"A": list(range(10))}, seed=1, have=[7])
+        one_by_one = picker(10, {"A": list(range(10))}, seed=1, have=[7])
+        for p in (bulk, one_by_one):
+            p.add_holder("P", partial)
+            p.pick("A")
+        bulk.add_holder_runs("S", [(0, 10)])
+        one_by_one.add_holder("S", [c for c in range(10) if c % 2] + [c for c in range(10) if not c % 2])
+        assert state(bulk) == state(one_by_one)
+        bulk.remove_holder("S")
+        one_by_one.failed(0, "S")  # (no longer a seeder: removed chunk by chunk)
+        one_by_one.remove_holder("S")
+        assert state(bulk) == state(one_by_one)
+
+
+def test_needed_counts_what_a_holder_has_that_we_lack() -> None:
+    p = picker(6, {"A": [0, 1, 2], "B": list(range(6))}, have=[0])
+    assert (p.needed("A"), p.needed("B"), p.needed("nobody")) == (2, 5, 0)
+    for chunk in (1, 2):
+        p.completed(chunk)
+    assert (p.needed("A"), p.needed("B")) == (0, 3)  # A has nothing left for us
+    p.failed(5, "B")
+    assert p.needed("B") == 2 and p.chunks_of("B") == {0, 1, 2, 3, 4}
+    assert p.wanted(ChunkSet.from_numbers(6, [0, 1, 4, 5])) == 2
+    assert p.coverage() == {0, 1, 2, 3, 4}
+
+
+def test_32_holders_of_the_largest_file_cost_a_bitmap_each_not_a_set_of_ints() -> None:
+    """2^18 chunks x 32 holders as sets of ints would be ~500 MB; as bitmaps it is 32 KiB a holder."""
+    import tracemalloc
+
+    chunks = 1 << 18
+    half = [(c, c + 1) for c in range(0, chunks, 64)]  # a partial holder: one chunk in 64
+    tracemalloc.start()
+    try:
+        p: Picker[int] = Picker(chunks, rng=random.Random(0))
+        p.add_holder_runs(0, [(0, chunks)])
+        before = tracemalloc.get_traced_memory()[0]
+        for holder in range(1, 31):
+            p.add_holder_runs(holder, [(0, chunks)])  # seeders
+        p.add_holder_runs(31, half)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 31 * (chunks // 8) + (1 << 20), f"{grown} bytes for 31 more holders"
+    assert p.availability(0) == 32 and p.availability(1) == 31
+
+
+# -- which holders to connect -----------------------------------------------------------------------------
+def test_candidates_with_nothing_we_need_are_never_chosen() -> None:
+    rng = random.Random(0)
+    assert rank_candidates([Candidate("A", 0), Candidate("B", 3), Candidate("C", 0, rate=1e9)], rng) == ["B"]
+
+
+def test_candidates_are_ranked_unique_chunks_then_throughput_then_rtt_then_unknown() -> None:
+    candidates = [
+        Candidate("unknown", 50),
+        Candidate("slow-rtt", 5, rtt=0.2),
+        Candidate("fast-rtt", 5, rtt=0.01),
+        Candidate("measured-slow", 5, rate=1e6, rtt=0.01),
+        Candidate("measured-fast", 5, rate=1e8, rtt=0.3),
+        Candidate("only-source", 1, unique=1),
+    ]
+    for seed in range(10):
+        ranked = rank_candidates(random.Random(seed).sample(candidates, len(candidates)), random.Random(seed))
+        assert ranked == ["only-source", "measured-fast", "measured-slow", "fast-rtt", "slow-rtt", "unknown"]
+
+
+def test_equal_candidates_are_ranked_at_random() -> None:
+    """Downloaders of one swarm with the same view must not all crowd the same holders."""
+    candidates = [Candidate(f"H{i}", 10) for i in range(8)]
+    firsts = Counter(rank_candidates(candidates, random.Random(seed))[0] for seed in range(400))
+    assert set(firsts) == {c.holder for c in candidates}
+    assert min(firsts.values()) >= 20  # ~50 each
+
+
+def test_free_slots_go_to_the_best_candidates_first() -> None:
+    rng = random.Random(0)
+    candidates = [Candidate(f"H{i}", 10, rate=float(i)) for i in range(40)]
+    close, connect = choose_holders(32, [], candidates, rng)
+    assert close == [] and connect == [f"H{i}" for i in range(39, 7, -1)]
+    assert choose_holders(0, [], candidates, rng) == ([], [])
+    assert choose_holders(-3, [], candidates, rng) == ([], [])  # (more connected than the cap: none)
+
+
+def test_idle_holders_are_closed_only_to_make_room_for_a_candidate_that_has_something() -> None:
+    rng = random.Random(0)
+    idle = ["I1", "I2", "I3"]
+    assert choose_holders(0, idle, [Candidate("A", 4), Candidate("B", 0)], rng) == (["I1"], ["A"])
+    assert choose_holders(0, idle, [Candidate("B", 0)], rng) == ([], [])
+    assert choose_holders(1, idle, [Candidate("A", 4)], rng) == ([], ["A"])  # a free slot first
+    close, connect = choose_holders(1, idle, [Candidate(x, 1) for x in "ABCDE"], rng)
+    assert len(connect) == 4 and close == idle  # one free slot and three idle ones

@@ -643,3 +643,13 @@ def test_location_ranges_extension_round_trips_and_expands() -> None:
     for bad in (b"[[0]]", b"[[-1,2]]", b"[[0,0]]", b'[["a",2]]'):
         with pytest.raises(ProtocolError):
             decode(b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{},"chunkranges":{"h:1":' + bad + b"}}")
+
+
+def test_holder_runs_gives_runs_whichever_form_the_tracker_used() -> None:
+    """A downloader applies locations as runs: `chunkranges` as sent, the seed's lists turned into runs."""
+    body = b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{},"chunkranges":{"h:1":[[0,262144]]}}'
+    reply = decode(body)
+    assert isinstance(reply, m.ReplyFileLocation) and reply.holder_runs() == {"h:1": [(0, 262144)]}
+    seed = decode(b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{"h:1":[7,2,3,3,0,8],"h:2":[]}}')
+    assert isinstance(seed, m.ReplyFileLocation)
+    assert seed.holder_runs() == {"h:1": [(0, 1), (2, 4), (7, 9)], "h:2": []}

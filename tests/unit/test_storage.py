@@ -249,3 +249,69 @@ def test_part_file_space_is_reserved_up_front(tmp_path: Path) -> None:
         assert st.st_blocks * 512 >= size, "the .part file is sparse: space was not reserved"
     finally:
         part.close()
+
+
+# -- never through a symbolic link; a durable rename ------------------------------------------------------
+def test_create_part_refuses_a_symlink_and_writes_nothing_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious\n")
+    dest = tmp_path / "out.bin"
+    part_path(dest).symlink_to(victim)
+    for keep in (False, True):
+        with pytest.raises(StorageError, match="symbolic link") as info:
+            create_part(dest, "out.bin", 10 * CHUNK, CHUNK, keep=keep)
+        assert "\n" not in str(info.value)
+    assert victim.read_bytes() == b"precious\n"  # neither truncated nor resized nor written
+    assert part_path(dest).is_symlink()
+
+
+def test_finish_syncs_the_directory_after_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rename of DEST.part to DEST is durable only once the directory is synced."""
+    import stat
+
+    dest = tmp_path / "out.bin"
+    part = create_part(dest, "out.bin", CHUNK, CHUNK)
+    part.write_chunk(0, payload(CHUNK), "")
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        events.append("rename")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        finish_part(part, dest)
+    finally:
+        part.close()
+    assert events == ["fsync file", "rename", "fsync dir"]
+    assert dest.read_bytes() == payload(CHUNK)
+
+
+def test_a_directory_that_cannot_be_synced_does_not_fail_the_finished_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import errno
+    import stat
+
+    dest = tmp_path / "out.bin"
+    part = create_part(dest, "out.bin", CHUNK, CHUNK)
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    try:
+        finish_part(part, dest)  # the file is in place: a warning, not an error
+    finally:
+        part.close()
+    assert dest.exists() and not part_path(dest).exists()
+    assert "cannot sync directory" in caplog.text
