@@ -25,6 +25,9 @@ log = logging.getLogger("p2pfs.server")
 #: Seconds of work one connection may do before the loop turns to the others (its next frames wait).
 #: A turn of 2 ms keeps a flooding client from adding more than that to anyone else's wait.
 TURN_SECONDS = 0.002
+#: Bodies up to this size that fail to decode are parsed again for their `type` (to name it in the
+#: ERROR); larger ones only by their first bytes.
+MAX_PEEK_BODY = 64 * 1024
 
 
 class FrameServer:
@@ -156,7 +159,9 @@ class FrameServer:
             message = framing.decode(body)
         except ProtocolError as exc:
             log.warning("%s: %s", conn.remote, exc)
-            conn.send(m.Error(message=str(exc), request=framing.peek_type(body)))
+            # (a large body is not parsed a second time just to name its type in the reply)
+            kind = framing.leading_type(body) if len(body) > MAX_PEEK_BODY else framing.peek_type(body)
+            conn.send(m.Error(message=str(exc), request=kind))
             return
         if isinstance(message, m.PeerPingPong):
             conn.send_raw(framing.frame(body))  # sent back exactly as received

@@ -283,7 +283,7 @@ def frame(obj: object) -> bytes:
 
 def parse_frames(data: bytes) -> list[dict[str, Any]]:
     """Every frame in `data`, which must hold whole frames and nothing else."""
-    frames = []
+    frames: list[dict[str, Any]] = []
     at = 0
     while at < len(data):
         assert len(data) - at >= HEADER.size, f"a truncated header after {frames}: {data[at:]!r}"
@@ -570,6 +570,72 @@ def test_replayed_proof_is_refused(secret_swarm: Swarm, server: str) -> None:
         wire.send({"type": "AUTH_PROOF", "proof": recorded})
         data = wire.rest()
     assert_auth_failed(data, secret_swarm)
+
+
+def test_proof_helper_matches_the_example_in_protocol_md() -> None:
+    """docs/PROTOCOL.md section 12 gives a handshake to check an implementation against: the HMACs these
+    tests compute are the documented ones."""
+    key, nc, na = b"correct horse battery staple 1234", "5b" * 32, "c0" * 32
+    assert mac(key, b"opener", nc, na) == "50ff05ce95ac941e4a5cad33c6eb219f06980c07633bda90df78b80d445b4a76"
+    assert mac(key, b"acceptor", nc, na) == "14c123b1b38f2238abd7c0457e677cdf44c1de88de2c265848c29b9e8b155f50"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: PROTOCOL.md 12 says a proof in either case is accepted, but the Proof schema "
+    "(protocol/messages.py) allows lower-case hex only, so auth.check's .lower() is never reached",
+)
+def test_upper_case_proof_is_accepted_as_documented(secret_swarm: Swarm) -> None:
+    with Wire.connect(secret_swarm.taddr) as wire:
+        nc = secrets.token_hex(32)
+        wire.send({"type": "AUTH_CHALLENGE", "nonce": nc})
+        na = wire.recv()["nonce"]
+        wire.send({"type": "AUTH_PROOF", "proof": mac(SECRET, b"opener", nc, na).upper()})
+        assert wire.recv() == {"type": "AUTH_PROOF", "proof": mac(SECRET, b"acceptor", nc, na)}
+
+
+_REQUEST_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="bug: net.admit names the frame that failed to decode only for a first frame that is not an "
+    "AUTH_CHALLENGE: a malformed AUTH_CHALLENGE gets no `request`, a malformed AUTH_PROOF gets "
+    "request AUTH_CHALLENGE (PROTOCOL.md 12: T, the type that failed, when readable)",
+)
+
+
+@pytest.mark.parametrize(
+    ("challenge", "second", "named"),
+    [
+        pytest.param(
+            None, frame({"type": "REQUEST_FILE_LIST"}), "REQUEST_FILE_LIST", id="another type first"
+        ),
+        pytest.param(None, HEADER.pack(9) + b"not json!", None, id="unreadable first frame"),
+        pytest.param(True, frame({"type": "AUTH_PROOF", "proof": "0" * 64}), "AUTH_PROOF", id="wrong proof"),
+        pytest.param(
+            None,
+            frame({"type": "AUTH_CHALLENGE", "nonce": "ab" * 16}),
+            "AUTH_CHALLENGE",
+            id="malformed challenge",
+            marks=_REQUEST_BUG,
+        ),
+        pytest.param(
+            True,
+            frame({"type": "AUTH_PROOF", "proof": "ab" * 16}),
+            "AUTH_PROOF",
+            id="malformed proof",
+            marks=_REQUEST_BUG,
+        ),
+    ],
+)
+def test_error_names_the_frame_that_failed(
+    secret_swarm: Swarm, challenge: bool | None, second: bytes, named: str | None
+) -> None:
+    with Wire.connect(secret_swarm.taddr) as wire:
+        if challenge:
+            wire.send({"type": "AUTH_CHALLENGE", "nonce": secrets.token_hex(32)})
+            assert wire.recv()["type"] == "AUTH_CHALLENGE"
+        wire.send_bytes(second)
+        data = wire.rest()
+    assert assert_auth_failed(data, secret_swarm).get("request") == named
 
 
 class FakeTracker(threading.Thread):
