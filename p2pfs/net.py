@@ -454,15 +454,16 @@ async def admit(conn: Connection, security: Security) -> bool:
     try:
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             body = await conn.recv_body()
+            request = framing.peek_type(body)  # (named in the ERROR whatever is wrong with the frame)
             hello = framing.decode(body)
-            request = "AUTH_CHALLENGE"
             if isinstance(hello, AuthChallenge):
                 acceptor_nonce = auth.new_nonce()
                 conn.send(AuthChallenge(nonce=acceptor_nonce))
                 await conn.drain()
+                request = None  # (until the next frame is read: one too large for a handshake is unnamed)
                 body = await conn.recv_body()
+                request = framing.peek_type(body)
                 answer = framing.decode(body)
-                request = "AUTH_PROOF"
                 if isinstance(answer, AuthProof) and auth.check(
                     secret, "opener", hello.nonce, acceptor_nonce, answer.proof
                 ):
@@ -470,8 +471,6 @@ async def admit(conn: Connection, security: Security) -> bool:
                     await conn.drain()
                     conn.max_frame = saved
                     return True
-            else:
-                request = framing.peek_type(body)
     except (TimeoutError, ConnectionClosed):
         log.info("%s did not complete the secret handshake", conn.remote)
         conn.close()
