@@ -1,0 +1,144 @@
+"""What every p2pfs command shares: argument types, the security options, starting a peer, signals.
+
+Every failure a user can cause ends as one line on stderr (`p2pfs: error: ...`) and a non-zero exit.
+Status and log lines quote names and messages from the network: all are printed literal
+(p2pfs.safetext), so nothing a remote side sends can act on the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+from p2pfs import security
+from p2pfs.address import Address, parse_port
+from p2pfs.cli import render
+from p2pfs.errors import P2PFSError
+from p2pfs.net import describe_os_error
+from p2pfs.peer.node import Peer
+from p2pfs.safetext import literal
+from p2pfs.security import Security
+from p2pfs.tracker.server import TrackerServer
+
+#: Tracker port used by `p2pfs tracker --no-shell` when no --port is given.
+DEFAULT_TRACKER_PORT = 6969
+DEFAULT_HOST = "0.0.0.0"
+
+
+class UsageError(P2PFSError):
+    pass
+
+
+# -- argument types ----------------------------------------------------------------------------------
+def tracker_address(text: str) -> Address:
+    try:
+        return Address.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def port_number(text: str) -> int:
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def byte_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes or a suffix K, M (e.g. 256K, 1M)") from None
+
+
+def add_security_options(p: argparse.ArgumentParser) -> None:
+    """--secret-file and --tls-* (defaults from P2PFS_SECRET_FILE, P2PFS_TLS_CERT/KEY/CA)."""
+    env = os.environ.get
+    g = p.add_argument_group("private swarms (see docs/SECURITY.md)")
+    g.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        default=env("P2PFS_SECRET_FILE") or None,
+        help="admit only peers and trackers that know the secret in PATH (mode 600); env P2PFS_SECRET_FILE",
+    )
+    g.add_argument("--tls-cert", metavar="PATH", default=env("P2PFS_TLS_CERT") or None, help="this node's TLS certificate (PEM)")
+    g.add_argument("--tls-key", metavar="PATH", default=env("P2PFS_TLS_KEY") or None, help="its private key (PEM)")
+    g.add_argument(
+        "--tls-ca",
+        metavar="PATH",
+        default=env("P2PFS_TLS_CA") or None,
+        help="the CA that signs every member's certificate: all connections use TLS, verified both ways",
+    )
+
+
+def security_of(args: argparse.Namespace) -> Security:
+    return security.load(args.secret_file, args.tls_cert, args.tls_key, args.tls_ca)
+
+
+# -- helpers -----------------------------------------------------------------------------------------
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM. Installed before a command prints that it is ready, so a
+    signal sent right after that line always means a clean stop (exit 0)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def listen(server: TrackerServer, host: str, port: int) -> Address:
+    try:
+        return await server.start(host, port)
+    except OSError as exc:
+        raise P2PFSError(f"cannot listen on {Address(host, port)}: {describe_os_error(exc)}") from None
+
+
+def serve_delay_from_env() -> float:
+    """P2PFS_TEST_DELAY: seconds a peer waits before each chunk reply. For tests and benchmarks only."""
+    try:
+        return max(0.0, float(os.environ.get("P2PFS_TEST_DELAY", "0") or 0))
+    except ValueError:
+        return 0.0
+
+
+def status_to_stderr(line: str) -> None:
+    print(f"p2pfs: {literal(line)}", file=sys.stderr, flush=True)
+
+
+async def start_peer(
+    host: str, port: int, security: Security, on_tracker_status: Callable[[str], None] = status_to_stderr
+) -> Peer:
+    peer = Peer(
+        host,
+        port,
+        serve_delay=serve_delay_from_env(),
+        on_tracker_status=on_tracker_status,
+        raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json",
+        security=security,
+    )
+    try:
+        await peer.start()
+    except OSError as exc:
+        raise P2PFSError(f"cannot listen on {Address(host, port)}: {describe_os_error(exc)}") from None
+    return peer
+
+
+def publish_line(name: str, filesize: int, chunk_count: int) -> str:
+    return f"published {name} ({render.human_size(filesize)}, {chunk_count} chunks)"
+
+
+def parse_port_arg(text: str) -> int:
+    try:
+        return parse_port(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
