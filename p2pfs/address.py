@@ -26,6 +26,8 @@ class Address(NamedTuple):
     def parse(cls, text: str) -> Address:
         """Parse `host:port`, `[v6]:port`; raise ValueError with a readable reason otherwise."""
         text = text.strip()
+        if "://" in text:
+            raise ValueError(f"bad address {text!r}: write HOST:PORT, without a scheme such as http://")
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or not rest.startswith(":"):
@@ -33,10 +35,12 @@ class Address(NamedTuple):
             port_text = rest[1:]
         else:
             host, sep, port_text = text.rpartition(":")
-            if not sep or not host:
-                raise ValueError(f"bad address {text!r}: expected HOST:PORT")
             if ":" in host:
                 raise ValueError(f"bad address {text!r}: write IPv6 hosts as [HOST]:PORT")
+            if not sep:
+                raise ValueError(f"bad address {text!r}: expected HOST:PORT (the port is missing)")
+            if not host:
+                raise ValueError(f"bad address {text!r}: expected HOST:PORT (the host is missing)")
         return cls(host, parse_port(port_text))
 
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -16,8 +17,8 @@ from collections.abc import Callable
 
 from p2pfs import security
 from p2pfs.address import Address, parse_port
-from p2pfs.cli import render
-from p2pfs.errors import P2PFSError
+from p2pfs.cli import config, render
+from p2pfs.errors import P2PFSError, TrackerUnavailable
 from p2pfs.net import describe_os_error
 from p2pfs.peer.node import Peer
 from p2pfs.safetext import literal
@@ -27,6 +28,8 @@ from p2pfs.tracker.server import TrackerServer
 #: Tracker port used by `p2pfs tracker --no-shell` when no --port is given.
 DEFAULT_TRACKER_PORT = 6969
 DEFAULT_HOST = "0.0.0.0"
+
+log = logging.getLogger("p2pfs.cli")
 
 
 class UsageError(P2PFSError):
@@ -41,6 +44,14 @@ def tracker_address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def tracker_addresses(text: str) -> list[Address]:
+    """`--tracker H:P[,H:P...]`: the trackers, in the order to try them."""
+    try:
+        return config.parse_trackers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def port_number(text: str) -> int:
     try:
         return parse_port(text)
@@ -49,34 +60,59 @@ def port_number(text: str) -> int:
 
 
 def byte_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"bad size {text!r}: use bytes or a suffix K, M (e.g. 256K, 1M)") from None
+        return config.parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_security_options(p: argparse.ArgumentParser) -> None:
-    """--secret-file and --tls-* (defaults from P2PFS_SECRET_FILE, P2PFS_TLS_CERT/KEY/CA)."""
-    env = os.environ.get
+    """--secret-file and --tls-* (else from P2PFS_SECRET_FILE, P2PFS_TLS_CERT/KEY/CA, or the config file:
+    see cli.config)."""
     g = p.add_argument_group("private swarms (see docs/SECURITY.md)")
     g.add_argument(
         "--secret-file",
         metavar="PATH",
-        default=env("P2PFS_SECRET_FILE") or None,
         help="admit only peers and trackers that know the secret in PATH (mode 600); env P2PFS_SECRET_FILE",
     )
-    g.add_argument("--tls-cert", metavar="PATH", default=env("P2PFS_TLS_CERT") or None, help="this node's TLS certificate (PEM)")
-    g.add_argument("--tls-key", metavar="PATH", default=env("P2PFS_TLS_KEY") or None, help="its private key (PEM)")
+    g.add_argument("--tls-cert", metavar="PATH", help="this node's TLS certificate (PEM); env P2PFS_TLS_CERT")
+    g.add_argument("--tls-key", metavar="PATH", help="its private key (PEM); env P2PFS_TLS_KEY")
     g.add_argument(
         "--tls-ca",
         metavar="PATH",
-        default=env("P2PFS_TLS_CA") or None,
-        help="the CA that signs every member's certificate: all connections use TLS, verified both ways",
+        help="the CA that signs every member's certificate: all connections use TLS, verified both ways; "
+        "env P2PFS_TLS_CA",
     )
+
+
+def trackers_of(args: argparse.Namespace) -> list[Address]:
+    """The trackers a command must use; one clear line if none was given anywhere."""
+    trackers: list[Address] | None = getattr(args, "tracker", None)
+    if not trackers:
+        path, _ = config.config_path()
+        raise UsageError(
+            f"no tracker given: use --tracker HOST:PORT, set P2PFS_TRACKER, or put tracker = \"HOST:PORT\" in {path}"
+        )
+    return trackers
+
+
+async def connect_tracker(peer: Peer, trackers: list[Address], register: bool = True) -> Address:
+    """Connect to the first tracker of `trackers` that answers (registering the peer unless not
+    `register`); the error of the last one if none does."""
+    last: P2PFSError | None = None
+    for tracker in trackers:
+        try:
+            if register:
+                await peer.connect(tracker)
+            else:
+                await peer.tracker.connect(tracker, None)
+            return tracker
+        except TrackerUnavailable as exc:
+            last = exc
+            if len(trackers) > 1:
+                log.info("tracker %s unavailable: %s", tracker, exc)
+    assert last is not None
+    raise last
 
 
 def security_of(args: argparse.Namespace) -> Security:
@@ -132,7 +168,7 @@ async def start_peer(
 
 
 def publish_line(name: str, filesize: int, chunk_count: int) -> str:
-    return f"published {name} ({render.human_size(filesize)}, {chunk_count} chunks)"
+    return f"published {name} ({render.human_size(filesize)}, {render.plural(chunk_count, 'chunk')})"
 
 
 def parse_port_arg(text: str) -> int:

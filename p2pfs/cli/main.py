@@ -8,25 +8,40 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import NoReturn
 from pathlib import Path
 
 from p2pfs import __version__
-from p2pfs.cli import commands, shells
+from p2pfs.cli import commands, config, shells
 from p2pfs.cli.common import (
     DEFAULT_HOST,
     add_security_options,
     byte_size,
     port_number,
-    tracker_address,
+    tracker_addresses,
 )
 from p2pfs.errors import P2PFSError, TrackerUnavailable
 from p2pfs.net import install_event_loop_policy, quiet_tls_failures
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 from p2pfs.safetext import LiteralFormatter, literal
 
+GET_USAGE = "p2pfs get [options] NAME [DEST]\n       p2pfs get [options] NAME... -d DIR"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (`p2pfs get: error: ... (see p2pfs get --help)`)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {literal(message)} (see {self.prog} --help)\n")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="p2pfs", description="Peer-to-peer file distribution.")
+    parser = Parser(
+        prog="p2pfs",
+        description="Peer-to-peer file distribution.",
+        epilog="Settings come from flags, then P2PFS_* environment variables, then the config file "
+        "(~/.config/p2pfs/config.toml, or $P2PFS_CONFIG); `p2pfs config` shows what is in effect.",
+    )
     parser.add_argument("--version", action="version", version=f"p2pfs {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,36 +52,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
     add_security_options(p)
 
-    p = sub.add_parser("peer", help="run a peer shell (connect, publish, list_file, download)")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to serve chunks on (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=port_number, default=0, help="port to serve chunks on (default: any free)")
-    p.add_argument("--tracker", type=tracker_address, metavar="H:P", help="connect to this tracker at start")
+    p = sub.add_parser("peer", help="run a peer shell (connect, publish, list_file, download, unpublish)")
+    add_serving_options(p)
+    add_tracker_option(p, "connect to this tracker at start")
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
     add_security_options(p)
 
     p = sub.add_parser("share", help="publish files, then serve them until interrupted")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
-    p.add_argument("--tracker", type=tracker_address, required=True, metavar="H:P")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=port_number, default=0)
-    p.add_argument("--chunk-size", type=byte_size, default=DEFAULT_CHUNK_SIZE, help="bytes per chunk (default 1M)")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="local files to publish (each under its name)")
+    add_tracker_option(p)
+    add_serving_options(p)
+    p.add_argument(
+        "--chunk-size",
+        type=byte_size,
+        help=f"bytes per chunk, with K/M suffixes (default {DEFAULT_CHUNK_SIZE >> 20}M; config chunk_size)",
+    )
+    add_quiet_option(p)
     add_security_options(p)
 
-    p = sub.add_parser("get", help="download a published file")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("dest", nargs="?", type=Path, metavar="DEST", help="file or directory (default: ./NAME)")
-    p.add_argument("--tracker", type=tracker_address, required=True, metavar="H:P")
+    p = sub.add_parser(
+        "get",
+        help="download published files",
+        usage=GET_USAGE,
+        description="Download NAME to DEST (a file, or a directory to put NAME in; default ./NAME), or "
+        "every NAME into DIR with -d (NAME may then be a pattern such as '*.bin', matched against the "
+        "tracker's list). A DEST that already holds the published bytes is kept (exit 0, nothing "
+        "fetched); one with other bytes is refused unless --force. Only a regular file is ever replaced.",
+    )
+    p.add_argument("targets", nargs="+", metavar="NAME", help="published name(s); without -d, an optional DEST last")
+    p.add_argument("-d", "--dir", type=Path, metavar="DIR", help="download every NAME (or pattern) into DIR")
+    add_tracker_option(p)
+    p.add_argument("--force", action="store_true", help="replace a DEST that holds other bytes")
     p.add_argument("--seed", action="store_true", help="keep serving the file after the download, until interrupted")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=port_number, default=0)
+    add_serving_options(p)
     p.add_argument("--json", action="store_true", help="print progress and the result as JSON lines on stdout")
+    add_quiet_option(p)
     add_security_options(p)
 
     p = sub.add_parser("ls", help="list the files the tracker knows")
-    p.add_argument("--tracker", type=tracker_address, required=True, metavar="H:P")
+    add_tracker_option(p)
     p.add_argument("--json", action="store_true", help="print {name: [filesize, totalchunknum]} as JSON")
     add_security_options(p)
+
+    p = sub.add_parser("verify", help="hash a local copy against a published file; name the chunks that differ")
+    p.add_argument("name", metavar="NAME", help="the published name")
+    p.add_argument("path", type=Path, metavar="PATH", help="the local file to check")
+    add_tracker_option(p)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_quiet_option(p)
+    add_security_options(p)
+
+    p = sub.add_parser("config", help="show the settings in effect and where each came from")
+    add_tracker_option(p)
+    p.add_argument("--chunk-size", type=byte_size, help="bytes per chunk")
+    p.add_argument("--json", action="store_true", help="print {key: {value, source}} as JSON")
+    add_security_options(p)
     return parser
+
+
+def add_tracker_option(p: argparse.ArgumentParser, help: str = "the tracker") -> None:
+    p.add_argument(
+        "--tracker",
+        type=tracker_addresses,
+        metavar="H:P[,H:P...]",
+        help=f"{help}: HOST:PORT, or several separated by commas (tried in order); "
+        "env P2PFS_TRACKER, config tracker",
+    )
+
+
+def add_serving_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"address to serve chunks to other peers on (default {DEFAULT_HOST})"
+    )
+    p.add_argument("--port", type=port_number, default=0, help="port to serve chunks on (default 0: any free port)")
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print no progress and no results, only errors")
+
+
+#: what a setting is when neither a flag, the environment nor the config file gives it
+DEFAULTS = {"chunk_size": DEFAULT_CHUNK_SIZE}
 
 
 async def run_command(args: argparse.Namespace) -> int:
@@ -80,6 +146,8 @@ COMMANDS = {
     "share": commands.run_share,
     "get": commands.run_get,
     "ls": commands.run_ls,
+    "verify": commands.run_verify,
+    "config": commands.run_config,
 }
 
 
@@ -91,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, handlers=[log_handler])
     install_event_loop_policy()
     try:
+        args.settings = config.resolve(args, DEFAULTS)
         return asyncio.run(run_command(args))
     except (P2PFSError, TrackerUnavailable) as exc:
         print(f"p2pfs: error: {literal(exc)}", file=sys.stderr, flush=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Self
 
 from rich.console import Console
@@ -17,12 +17,13 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from p2pfs.address import Address
@@ -89,36 +90,64 @@ def print_table(table: Table) -> None:
 
 def result_line(result: DownloadResult) -> str:
     """One line (holder addresses come from the tracker: print it with `say`, which makes it literal)."""
+    if result.already:
+        return (
+            f"already have {result.name} at {result.dest} (content id {result.content_id}): "
+            f"{human_size(result.filesize)} checked, nothing fetched"
+        )
     holders = ", ".join(f"{addr} {count}" for addr, count in result.sources.most_common())
-    resumed = f"; {result.resumed} chunks kept from an earlier attempt" if result.resumed else ""
+    resumed = f"; {plural(result.resumed, 'chunk')} kept from an earlier attempt" if result.resumed else ""
     return (
         f"downloaded {result.name} to {result.dest}: {human_size(result.filesize)} in {result.seconds:.2f} s "
         f"({result.mib_per_s:.1f} MiB/s); content id {result.content_id or 'unverified'}; chunks from "
-        f"{len(result.sources)} holder{'s' if len(result.sources) != 1 else ''}"
+        f"{plural(len(result.sources), 'holder')}"
         + (f": {holders}" if holders else "")
         + resumed
     )
 
 
-class ProgressBar:
-    """A rich progress bar on stderr (only when it is a terminal) fed by the transfer engine's callback."""
+def plural(n: int, word: str) -> str:
+    """`1 chunk`, `2 chunks`, `0 holders`."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
-    def __init__(self, name: str, enabled: bool | None = None) -> None:
+
+class BinarySpeedColumn(ProgressColumn):
+    """Speed in KiB/s, MiB/s (one unit family with the sizes: rich's own column is decimal, MB/s)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("?", style="progress.data.speed")
+        return Text(f"{human_size(speed)}/s", style="progress.data.speed")
+
+
+#: stages of a transfer as the bar names them (see transfer.Progress.stage)
+_STAGES = {"check": "checking", "resume": "checking kept chunks", "hash": "hashing"}
+
+
+class TransferDisplay:
+    """Rich progress bars on stderr, one per file (a `get` of several names shows them together), only
+    when stderr is a terminal and not --quiet. Columns are dropped to fit a narrow terminal: a bar never
+    wraps. Fed by the transfer engine's callbacks (`download(name)`) or by hashing (`hashing(name)`)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = stderr.is_terminal if enabled is None else enabled
-        self._progress = Progress(
+        width = stderr.width
+        name_column = Column(no_wrap=True, overflow="ellipsis", max_width=max(8, width // 4))
+        columns: list[ProgressColumn] = [
             # markup=False: the description (the file's name) is shown as written, never parsed
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(),
-            DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[holders]} peers", markup=False),
-            console=stderr,
-            transient=False,
-        )
-        self._task: TaskID | None = None
-        self._name = name
-        self._last = 0.0
+            TextColumn("{task.description}", style="bold", markup=False, table_column=name_column),
+        ]
+        if width >= 60:
+            columns.append(BarColumn(bar_width=max(10, min(40, width - 75))))
+        columns += [DownloadColumn(binary_units=True), BinarySpeedColumn()]
+        if width >= 80:
+            columns.append(TimeRemainingColumn())
+        if width >= 100:
+            columns.append(TextColumn("{task.fields[holders]}", markup=False))
+        self._progress = Progress(*columns, console=stderr, transient=False, expand=False)
+        self._tasks: dict[tuple[str, str], TaskID] = {}
+        self._last: dict[tuple[str, str], float] = {}
 
     def __enter__(self) -> Self:
         if self.enabled:
@@ -129,12 +158,40 @@ class ProgressBar:
         if self.enabled:
             self._progress.stop()
 
-    def update(self, p: DownloadProgress) -> None:
-        if not self.enabled:
-            return
-        if self._task is None:
-            self._task = self._progress.add_task(literal(self._name), total=p.filesize, holders=p.holders)
+    def _update(self, name: str, stage: str, done: int, total: int, holders: str, final: bool) -> None:
+        key = (name, stage)
+        task = self._tasks.get(key)
+        if task is None:
+            label = literal(name) if stage == "download" else f"{literal(name)} ({_STAGES.get(stage, stage)})"
+            task = self._tasks[key] = self._progress.add_task(label, total=total, holders=holders)
         now = time.monotonic()
-        if now - self._last >= 0.1 or p.chunks_done == p.chunk_count:
-            self._last = now
-            self._progress.update(self._task, completed=p.bytes_done, holders=p.holders)
+        if final or now - self._last.get(key, 0.0) >= 0.1:
+            self._last[key] = now
+            self._progress.update(task, completed=done, total=total, holders=holders)
+
+    def download(self, name: str) -> Callable[[DownloadProgress], None]:
+        """A transfer engine `on_progress` callback for `name`."""
+
+        def update(p: DownloadProgress) -> None:
+            if self.enabled:
+                final = p.bytes_done >= p.filesize
+                self._update(name, p.stage, p.bytes_done, p.filesize, plural(p.holders, "holder"), final)
+
+        return update
+
+    def hashing(self, name: str, stage: str = "hash") -> Callable[[int, int], None]:
+        """A hashing `on_progress(bytes_done, total)` callback (publishing, verifying)."""
+
+        def update(done: int, total: int) -> None:
+            if self.enabled:
+                self._update(name, stage, done, total, "", done >= total)
+
+        return update
+
+
+class ProgressBar(TransferDisplay):
+    """One file's bar (kept for the peer shell's `download`): `update` is the engine's callback."""
+
+    def __init__(self, name: str, enabled: bool | None = None) -> None:
+        super().__init__(enabled)
+        self.update = self.download(name)

@@ -11,6 +11,7 @@ from p2pfs.cli import render
 from p2pfs.cli.common import (
     DEFAULT_TRACKER_PORT,
     UsageError,
+    connect_tracker,
     listen,
     parse_port_arg,
     publish_line,
@@ -77,8 +78,8 @@ async def run_peer(args: argparse.Namespace) -> int:
         say(f"listening on {peer.address}")
         if args.tracker is not None:
             try:
-                await peer.connect(args.tracker)
-                say(f"connected to tracker {args.tracker}")
+                tracker = await connect_tracker(peer, args.tracker)
+                say(f"connected to tracker {tracker}")
             except P2PFSError as exc:
                 if args.no_shell:
                     raise

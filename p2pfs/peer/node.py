@@ -10,12 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pfs.address import Address
-from p2pfs.errors import TrackerError, TrackerUnavailable
-from p2pfs.peer import storage
+from p2pfs.errors import FileNotPublished, P2PFSError, ProtocolError, TrackerError, TrackerUnavailable
+from p2pfs.peer import hashing, storage
 from p2pfs.peer.chunk_server import ChunkServer
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
+from p2pfs.protocol import hashes
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 from p2pfs.security import OPEN, Security
@@ -84,8 +85,14 @@ class Peer:
             shared.name, shared.filesize, shared.chunk_count, shared.chunk_size, shared.chunk_hashes()
         )
 
-    async def publish(self, path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ChunkFile:
-        """Hash the file's chunks, list it with the tracker, and serve it."""
+    async def publish(
+        self,
+        path: Path,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> ChunkFile:
+        """Hash the file's chunks (on hashing.THREADS threads; `on_progress(bytes_hashed, filesize)`), list
+        it with the tracker, and serve it."""
         if not self.tracker.connected:
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
         name = storage.check_name(path.name)
@@ -101,7 +108,16 @@ class Peer:
                 if len(location.holder_chunks().get(str(self.self_address), ())) != known.chunk_count:
                     raise
             return known
-        shared = await asyncio.to_thread(storage.open_for_publish, path, chunk_size)
+        shared = await asyncio.to_thread(storage.open_to_publish, path, chunk_size)
+        try:
+            digests = await hashing.hash_chunks(shared.fd, shared.filesize, chunk_size, on_progress=on_progress)
+            storage.set_published_digests(shared, digests)
+        except BaseException:
+            shared.close()
+            raise
+        if name in self.library:  # (published meanwhile, by a concurrent publish of the same name)
+            shared.close()
+            raise StorageError(f"another file named {name!r} is already shared by this peer")
         self.library[name] = shared
         try:
             await self._publish_to_tracker(shared)
@@ -111,12 +127,48 @@ class Peer:
             raise
         return shared
 
+    async def verify(
+        self, name: str, path: Path, on_progress: Callable[[int, int], None] | None = None
+    ) -> hashing.Comparison:
+        """Hash the local file `path` against the published chunk hashes of `name`."""
+        location = await self.tracker.locations(name)
+        if not location.chunkhashes or location.contentid is None:
+            raise P2PFSError(f"{name!r} was published without chunk hashes: there is nothing to verify against")
+        if hashes.content_id(location.chunkhashes) != location.contentid:
+            raise ProtocolError(f"tracker gave chunk hashes that do not match the content id of {name!r}")
+        expected = hashes.split(location.chunkhashes)
+        chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
+        filesize = location.fileinfo[0] if location.fileinfo else (await self._listed_size(name))
+        if storage.chunk_count_for(filesize, chunk_size) != len(expected):
+            raise ProtocolError(f"tracker gave inconsistent fileinfo for {name!r}")
+        fd = await asyncio.to_thread(storage.open_local_copy, path)
+        try:
+            local_size = os.fstat(fd).st_size
+            return await hashing.compare(
+                fd, local_size, name, str(path), filesize, chunk_size, expected, location.contentid, on_progress
+            )
+        finally:
+            os.close(fd)
+
+    async def _listed_size(self, name: str) -> int:
+        info = (await self.tracker.file_list()).filelist.get(name)
+        if info is None:
+            raise FileNotPublished(f"{name!r} is not listed by the tracker")
+        return info[0]
+
     async def file_list(self) -> m.ReplyFileList:
         return await self.tracker.file_list()
 
     async def download(
-        self, name: str, dest: Path, on_progress: Callable[[Progress], None] | None = None
+        self,
+        name: str,
+        dest: Path,
+        on_progress: Callable[[Progress], None] | None = None,
+        force: bool = False,
     ) -> DownloadResult:
+        """Download `name` to `dest` (see p2pfs.peer.destination for where it goes). A DEST that already
+        holds the published bytes is kept and served (`already`); one with other bytes is refused
+        unless `force`."""
         result = await Download(
             self.tracker,
             self.library,
@@ -126,6 +178,7 @@ class Peer:
             on_progress=on_progress,
             raw=self.raw,
             security=self.security,
+            force=force,
         ).run()
         if result.content_id is not None:
             # Now a complete holder: publish (joining the listed file) so the tracker counts this copy

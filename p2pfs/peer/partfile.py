@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 from pathlib import Path
 
 import msgspec
 
-from p2pfs.peer import storage
+from p2pfs.peer import destination, storage
+from p2pfs.peer.hashing import ChunkHasher
 from p2pfs.peer.storage import ChunkFile, StorageError
 
 STATE_SUFFIX = ".state"
@@ -85,19 +85,24 @@ class PartFile:
         return cls(dest, shared, state_fd, candidates)
 
     def verify_resumed(self, expected: list[str] | None) -> list[int]:
-        """Hash every chunk the log names; keep those that match. Blocking: run it in a thread."""
+        """Hash every chunk the log names in this thread (blocking); keep those that match."""
+        shared = self.shared
+        hasher = ChunkHasher(shared.fd, shared.filesize, shared.chunk_size, self.resume_chunks())
+        return self.keep_resumed(hasher.run(), expected)
+
+    def resume_chunks(self) -> list[int]:
+        """The chunks the log names (within the file): to be hashed again before they are trusted."""
+        return sorted(c for c in self.candidates if 0 <= c < self.shared.chunk_count)
+
+    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]:
+        """Keep the logged chunks whose fresh digest matches the publisher's hash (or, for a file without
+        hashes, the digest logged when it was verified); returns them."""
         shared = self.shared
         kept: list[int] = []
-        for chunk, logged in sorted(self.candidates.items()):
-            if not 0 <= chunk < shared.chunk_count:
-                continue
-            want = expected[chunk] if expected is not None else logged
-            try:
-                data = shared.read_chunk(chunk)
-            except (OSError, StorageError):
-                continue  # truncated: fetch it again
-            digest = hashlib.sha256(data).hexdigest()
-            if digest == want:
+        for chunk in self.resume_chunks():
+            want = expected[chunk] if expected is not None else self.candidates[chunk]
+            digest = digests.get(chunk)
+            if digest is not None and digest == want:
                 shared.have.add(chunk)
                 shared.digests[chunk] = digest
                 kept.append(chunk)
@@ -113,7 +118,9 @@ class PartFile:
             raise StorageError(f"cannot write to {state_path(self.dest)}: {exc.strerror}") from None
 
     def finish(self) -> None:
-        """Every chunk verified: DEST.part -> DEST, and the state log goes."""
+        """Every chunk verified: DEST.part -> DEST, and the state log goes. Refused (the .part kept) if
+        something other than a regular file or a link has appeared at DEST meanwhile."""
+        destination.check_replaceable(self.dest)
         storage.finish_part(self.shared, self.dest)
         self._remove_state()
 

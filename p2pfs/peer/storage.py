@@ -6,7 +6,6 @@ no file is ever held in memory whole.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from p2pfs.errors import P2PFSError
+from p2pfs.peer.hashing import ChunkHasher
 from p2pfs.protocol import hashes
 from p2pfs.protocol.limits import (
     DEFAULT_CHUNK_SIZE,
@@ -119,8 +119,8 @@ class ChunkFile:
             self.fd = -1
 
 
-def open_for_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str | None = None) -> ChunkFile:
-    """Open a local file to publish and hash every chunk once (blocking: run it in a thread)."""
+def open_to_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str | None = None) -> ChunkFile:
+    """Open a local file to publish (checked, not hashed yet: see `set_published_digests`)."""
     check_chunk_size(chunk_size)
     name = check_name(name if name is not None else path.name)
     try:
@@ -136,21 +136,80 @@ def open_for_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str
         if not stat.S_ISREG(st.st_mode):
             raise StorageError(f"not a regular file: {path}")
         if chunk_count_for(st.st_size, chunk_size) > MAX_CHUNKS:
-            raise StorageError(f"{path} is too large for chunks of {chunk_size} bytes (more than {MAX_CHUNKS})")
-        shared = ChunkFile(name, path, st.st_size, chunk_size, fd, origin=True)
-        buf = bytearray(chunk_size)
-        view = memoryview(buf)
-        for chunk in range(shared.chunk_count):
-            length = shared.chunk_length(chunk)
-            got = os.preadv(fd, [view[:length]], chunk * chunk_size)
-            if got != length:
-                raise StorageError(f"{path}: file changed while being published")
-            shared.digests[chunk] = hashlib.sha256(view[:length]).hexdigest()
-            shared.have.add(chunk)
-        return shared
+            raise StorageError(too_large(path, st.st_size, chunk_size))
+        return ChunkFile(name, path, st.st_size, chunk_size, fd, origin=True)
     except BaseException:
         os.close(fd)
         raise
+
+
+def too_large(path: Path, filesize: int, chunk_size: int) -> str:
+    """Why a file cannot be published with `chunk_size`, and the chunk size that would do."""
+    reason = f"{path} is too large for chunks of {human_bytes(chunk_size)} (more than {MAX_CHUNKS} chunks)"
+    needed = -(-filesize // MAX_CHUNKS)
+    if needed > MAX_CHUNK_SIZE:
+        return f"{reason}; even the largest chunk size ({human_bytes(MAX_CHUNK_SIZE)}) is too small"
+    suggested = 1 << max(needed - 1, 1).bit_length()
+    return f"{reason}: use --chunk-size {human_bytes(suggested)} or more"
+
+
+def human_bytes(n: int) -> str:
+    """A power-of-two size as `--chunk-size` takes it (`64K`, `4M`), else bytes."""
+    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+def open_held(path: Path, name: str, filesize: int, chunk_size: int) -> ChunkFile:
+    """Open an existing local copy (a finished download's DEST) to check it and serve it; not through a
+    symbolic link, and only a regular file of `filesize` bytes. Not hashed yet."""
+    fd = open_no_follow(path, os.O_RDONLY, "open")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size != filesize:
+            raise StorageError(f"{path} changed while it was being checked")
+        return ChunkFile(name, path, filesize, chunk_size, fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_local_copy(path: Path) -> int:
+    """Open a regular local file to read it (`p2pfs verify`); StorageError with one line otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise StorageError(f"file not found: {path}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StorageError(f"not a regular file: {path}")
+    return fd
+
+
+def set_published_digests(shared: ChunkFile, digests: dict[int, str | None]) -> None:
+    """Record the hashes of a file being published: every chunk is then held. StorageError if a chunk
+    could not be read whole (the file changed while it was hashed)."""
+    for chunk in range(shared.chunk_count):
+        digest = digests.get(chunk)
+        if digest is None:
+            raise StorageError(f"{shared.path}: file changed while being published")
+        shared.digests[chunk] = digest
+        shared.have.add(chunk)
+
+
+def open_for_publish(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, name: str | None = None) -> ChunkFile:
+    """Open a local file to publish and hash every chunk once, in this thread (blocking). Peer.publish
+    hashes on several threads with progress instead (p2pfs.peer.hashing)."""
+    shared = open_to_publish(path, chunk_size, name)
+    try:
+        set_published_digests(shared, ChunkHasher(shared.fd, shared.filesize, chunk_size).run())
+    except BaseException:
+        shared.close()
+        raise
+    return shared
 
 
 def part_path(dest: Path) -> Path:

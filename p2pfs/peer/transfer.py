@@ -38,7 +38,7 @@ from p2pfs.errors import (
     TrackerUnavailable,
 )
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
-from p2pfs.peer import storage
+from p2pfs.peer import destination, hashing, storage
 from p2pfs.peer.partfile import PartFile
 from p2pfs.peer.picker import Candidate, Picker, choose_holders
 from p2pfs.peer.storage import ChunkFile
@@ -63,8 +63,8 @@ REFRESH_INTERVAL = 2.0
 #: A holder that failed is not tried again for this long (the tracker may still list it briefly).
 RETRY_DEAD_AFTER = 10.0
 #: Threads that hash and write received chunks (hashlib and os.pwrite release the GIL, so they run
-#: beside the event loop; two keep both cores of a small machine busy).
-VERIFY_THREADS = 2
+#: beside the event loop; as many as hash a local file, see p2pfs.peer.hashing).
+VERIFY_THREADS = hashing.THREADS
 #: Receive buffers per download, in bytes: chunks being read or waiting for a verify thread. Bounds the
 #: memory a download uses whatever the file size (at least 3 buffers, whatever the chunk size).
 BUFFER_BYTES = 8 << 20
@@ -92,6 +92,9 @@ class Progress:
     bytes_done: int
     holders: int
     sources: Counter[Address]
+    #: "download"; "check" while an existing DEST is hashed; "resume" while kept chunks are hashed again
+    #: (bytes_done then counts the bytes hashed so far, of `filesize` or of the kept chunks)
+    stage: str = "download"
 
 
 @dataclass
@@ -107,6 +110,8 @@ class DownloadResult:
     content_id: str | None = None
     #: chunks kept from an earlier, interrupted attempt (verified again before being trusted)
     resumed: int = 0
+    #: DEST already held these bytes (hashed against the publisher's): nothing was fetched
+    already: bool = False
 
     @property
     def mib_per_s(self) -> float:
@@ -178,7 +183,10 @@ class Download:
         refresh_interval: float = REFRESH_INTERVAL,
         raw: bool = True,
         security: Security = OPEN,
+        force: bool = False,
     ) -> None:
+        #: replace a DEST that holds other bytes (never anything but a regular file)
+        self.force = force
         #: ask holders for the binary fast path (they answer base64 JSON if they do not know it)
         self.raw = raw
         self.security = security
@@ -241,15 +249,28 @@ class Download:
         chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
         if storage.chunk_count_for(filesize, chunk_size) != chunk_count:
             raise ProtocolError(f"tracker gave inconsistent fileinfo for {self.name!r}")
-        dest = self.dest / self.name if self.dest.is_dir() else self.dest
-        if dest.is_dir():
-            raise storage.StorageError(f"cannot download to {dest}: it is a directory")
+        dest, existing = destination.resolve(self.dest, self.name)
         expected = hashes.split(location.chunkhashes) if location.chunkhashes else None
         if expected is not None and len(expected) != chunk_count:
             raise ProtocolError(f"tracker gave {len(expected)} chunk hashes for {chunk_count} chunks")
         if location.chunkhashes and location.contentid not in (None, hashes.content_id(location.chunkhashes)):
-            raise ProtocolError(f"tracker gave chunk hashes that do not match the content id of {self.name!r}")
+            raise ProtocolError(
+                f"tracker gave chunk hashes that do not match the content id of {self.name!r}"
+            )
         self._expected = expected
+        if existing is not None:
+            held = await self._check_existing(dest, existing.st_size, filesize, chunk_size)
+            if held is not None:
+                self.library[self.name] = held
+                return DownloadResult(
+                    self.name,
+                    dest,
+                    filesize,
+                    chunk_count,
+                    time.monotonic() - started,
+                    content_id=location.contentid,
+                    already=True,
+                )
         part = PartFile.open(dest, self.name, filesize, chunk_size, location.contentid)
         self._file = shared = part.shared
         self._part = part
@@ -260,12 +281,17 @@ class Download:
         resumable = location.contentid is not None  # see PartFile: unverified files are never resumed
         try:
             if part.candidates:
-                resumed = await asyncio.to_thread(part.verify_resumed, expected)
+                digests = await hashing.hash_chunks(
+                    shared.fd, filesize, chunk_size, part.resume_chunks(), self._hash_progress("resume")
+                )
+                resumed = part.keep_resumed(digests, expected)
             self._claimed = set(shared.have)
             self._bytes_done = sum(shared.chunk_length(c) for c in resumed)
             self.library[self.name] = shared  # serve chunks while still downloading
             if resumed:
-                log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
+                log.info(
+                    "resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count
+                )
                 self.tracker.register_chunks(self.name, resumed)
             self._picker = Picker(chunk_count, have=shared.have)
             # the tracker pushes news since the request above; they are applied from now on (the reply
@@ -279,7 +305,9 @@ class Download:
                 except NoSourceForChunk as exc:
                     if not (shared.have and resumable):
                         raise
-                    kept = f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
+                    kept = (
+                        f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
+                    )
                     raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
             part.finish()
             ok = True
@@ -303,6 +331,57 @@ class Download:
             location.contentid,
             len(resumed),
         )
+
+    async def _check_existing(
+        self, dest: Path, size: int, filesize: int, chunk_size: int
+    ) -> ChunkFile | None:
+        """DEST is a regular file already: if its bytes are the published ones, return it opened as a held
+        file (nothing to fetch); if not, refuse unless --force (then None: download and replace it)."""
+        expected = self._expected
+        if expected is None:
+            if self.force:
+                return None
+            raise storage.StorageError(
+                f"{dest} exists, and {self.name!r} was published without chunk hashes to compare it with; "
+                "--force replaces it"
+            )
+        if size != filesize:
+            if self.force:
+                return None
+            raise storage.StorageError(
+                f"{dest} exists with other content ({size} bytes; {self.name!r} has {filesize}); --force replaces it"
+            )
+        held = storage.open_held(dest, self.name, filesize, chunk_size)
+        try:
+            digests = await hashing.hash_chunks(
+                held.fd, filesize, chunk_size, on_progress=self._hash_progress("check")
+            )
+            differ = [c for c in range(held.chunk_count) if digests.get(c) != expected[c]]
+            if not differ:
+                storage.set_published_digests(held, digests)
+                held.origin = False
+                return held
+        except BaseException:
+            held.close()
+            raise
+        held.close()
+        if self.force:
+            return None
+        raise storage.StorageError(
+            f"{dest} exists with other content ({len(differ)} of {held.chunk_count} chunks differ); "
+            "--force replaces it"
+        )
+
+    def _hash_progress(self, stage: str) -> Callable[[int, int], None] | None:
+        on_progress = self.on_progress
+        if on_progress is None:
+            return None
+        name = self.name
+
+        def report(done: int, total: int) -> None:
+            on_progress(Progress(name, total, 0, 0, done, 0, Counter(), stage))
+
+        return report
 
     async def _fileinfo_from_list(self) -> tuple[int, int]:
         info = (await self.tracker.file_list()).filelist.get(self.name)
@@ -608,9 +687,13 @@ class Download:
         if reply.chunknum != chunk:
             # super-seeding: we said we accept another chunk (`substitute`, only asked of publishers)
             if not substitute:
-                raise UnaskedChunk(f"answered a request for chunk {chunk} with chunk {reply.chunknum} unasked")
+                raise UnaskedChunk(
+                    f"answered a request for chunk {chunk} with chunk {reply.chunknum} unasked"
+                )
             if reply.chunknum >= shared.chunk_count:
-                raise UnaskedChunk(f"answered chunk {chunk} with chunk {reply.chunknum}, beyond the file's end")
+                raise UnaskedChunk(
+                    f"answered chunk {chunk} with chunk {reply.chunknum}, beyond the file's end"
+                )
             self._picker.cancelled(chunk, holder.address)
             chunk = reply.chunknum
         # new: no copy of it is held, claimed or being verified (another copy of a chunk asked for is an
@@ -651,7 +734,9 @@ class Download:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
         # The publisher's hash is the truth when the tracker has it; else the seed's rule: the reply's digest.
         want = self._expected[chunk] if self._expected is not None else reply.digest.lower()
-        future = asyncio.get_running_loop().run_in_executor(executor, self._verify_and_write, chunk, data, want)
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, self._verify_and_write, chunk, data, want
+        )
         self._verifying.add(future)
         self._incoming.add(chunk)
         future.add_done_callback(lambda f: self._settle(f, holder, chunk, length, buf))
@@ -671,7 +756,12 @@ class Download:
         return digest, first
 
     def _settle(
-        self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int, buf: bytearray | None
+        self,
+        future: asyncio.Future[_Verified],
+        holder: _Holder,
+        chunk: int,
+        length: int,
+        buf: bytearray | None,
     ) -> None:
         """Back on the event loop: a verified, written chunk becomes held and is announced; a corrupt one
         drops its holder. Whatever goes wrong here (the state log cannot be written, a bug) fails the
@@ -689,7 +779,9 @@ class Download:
                     log.exception("internal error while settling chunk %d of %s", chunk, self.name)
                 self._fail(exc)
 
-    def _settle_verified(self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int) -> None:
+    def _settle_verified(
+        self, future: asyncio.Future[_Verified], holder: _Holder, chunk: int, length: int
+    ) -> None:
         if future.cancelled():
             return
         error = future.exception()
@@ -702,7 +794,12 @@ class Download:
             if holder.address in self._banned:
                 return  # another of its pipelined chunks was already found corrupt
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
-            log.warning("holder %s sent a corrupt chunk %d of %s; dropped for this file", holder.address, chunk, self.name)
+            log.warning(
+                "holder %s sent a corrupt chunk %d of %s; dropped for this file",
+                holder.address,
+                chunk,
+                self.name,
+            )
             self._banned.add(holder.address)
             if holder.task is not None:
                 holder.task.cancel()
@@ -734,7 +831,9 @@ class Download:
                 reason = error.strerror or str(error)
                 self._failure = storage.StorageError(f"cannot write to {where}: {reason}")
             else:
-                self._failure = P2PFSError(f"download of {self.name!r} stopped by an internal error: {error!r}")
+                self._failure = P2PFSError(
+                    f"download of {self.name!r} stopped by an internal error: {error!r}"
+                )
         self._notify()
 
     def _drop(self, holder: _Holder) -> None:
