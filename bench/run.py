@@ -18,7 +18,17 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import hostile_latency, libtorrent_side, local_limit, memory, one_to_one, swarm, tls, tracker_load
+from bench import (
+    hashing,
+    hostile_latency,
+    libtorrent_side,
+    local_limit,
+    memory,
+    one_to_one,
+    swarm,
+    tls,
+    tracker_load,
+)
 from bench.common import (
     REPO,
     BenchError,
@@ -35,6 +45,7 @@ BENCHMARKS: dict[str, Callable[[Context], None]] = {
     "local_limit": local_limit.run,
     "one_to_one": one_to_one.run,
     "tls": tls.run,
+    "hashing": hashing.run,
     "hostile": hostile_latency.run,
     "swarm": swarm.run,
     "memory": memory.run,
