@@ -8,8 +8,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from p2pfs import __version__
 from p2pfs.cli import commands, config, shells

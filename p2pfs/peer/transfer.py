@@ -282,7 +282,11 @@ class Download:
         try:
             if part.candidates:
                 digests = await hashing.hash_chunks(
-                    shared.fd, filesize, chunk_size, part.resume_chunks(), self._hash_progress("resume")
+                    shared.fd,
+                    filesize,
+                    chunk_size,
+                    part.resume_chunks(),
+                    self._hash_progress("resume", chunk_count),
                 )
                 resumed = part.keep_resumed(digests, expected)
             self._claimed = set(shared.have)
@@ -354,7 +358,7 @@ class Download:
         held = storage.open_held(dest, self.name, filesize, chunk_size)
         try:
             digests = await hashing.hash_chunks(
-                held.fd, filesize, chunk_size, on_progress=self._hash_progress("check")
+                held.fd, filesize, chunk_size, on_progress=self._hash_progress("check", held.chunk_count)
             )
             differ = [c for c in range(held.chunk_count) if digests.get(c) != expected[c]]
             if not differ:
@@ -372,14 +376,14 @@ class Download:
             "--force replaces it"
         )
 
-    def _hash_progress(self, stage: str) -> Callable[[int, int], None] | None:
+    def _hash_progress(self, stage: str, chunk_count: int) -> Callable[[int, int], None] | None:
         on_progress = self.on_progress
         if on_progress is None:
             return None
         name = self.name
 
         def report(done: int, total: int) -> None:
-            on_progress(Progress(name, total, 0, 0, done, 0, Counter(), stage))
+            on_progress(Progress(name, total, chunk_count, 0, done, 0, Counter(), stage))
 
         return report
 
