@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.procs import Proc
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_dirs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every p2pfs process the tests start (and every in-process Peer) uses directories of this test
+    session: no config file, shell history or control socket of the user's leaks in or is left behind."""
+    base = tmp_path_factory.mktemp("user")
+    saved = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME", "P2PFS_RUNTIME_DIR", "P2PFS_CONFIG")}
+    os.environ["XDG_CONFIG_HOME"] = str(base / "config")
+    os.environ["XDG_STATE_HOME"] = str(base / "state")
+    os.environ["P2PFS_RUNTIME_DIR"] = str(base / "run")
+    os.environ.pop("P2PFS_CONFIG", None)
+    for name in ("P2PFS_TRACKER", "P2PFS_CHUNK_SIZE", "P2PFS_SECRET_FILE", "P2PFS_TLS_CERT", "P2PFS_TLS_KEY", "P2PFS_TLS_CA"):
+        saved[name] = os.environ.pop(name, None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

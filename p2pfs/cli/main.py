@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from p2pfs import __version__
-from p2pfs.cli import commands, config, shells
+from p2pfs.cli import commands, config, shells, unpublish
 from p2pfs.cli.common import (
     DEFAULT_HOST,
     add_security_options,
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=byte_size, help="bytes per chunk")
     p.add_argument("--json", action="store_true", help="print {key: {value, source}} as JSON")
     add_security_options(p)
+    unpublish.add_parser(sub)
     return parser
 
 
@@ -148,6 +149,7 @@ COMMANDS = {
     "ls": commands.run_ls,
     "verify": commands.run_verify,
     "config": commands.run_config,
+    "unpublish": unpublish.run_unpublish,
 }
 
 

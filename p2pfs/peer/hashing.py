@@ -24,13 +24,25 @@ BLOCK = 16
 #: Seconds between progress reports.
 PROGRESS_INTERVAL = 0.1
 
+#: reads chunk `c` into a buffer of its length; returns how many bytes it read
+Reader = Callable[[int, memoryview], int]
+
 
 class ChunkHasher:
     """The SHA-256 (hex) of chunks of an open file; a chunk that cannot be read whole (the file is
     shorter than it should be, or changed) gets None."""
 
-    def __init__(self, fd: int, filesize: int, chunk_size: int, chunks: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        filesize: int,
+        chunk_size: int,
+        chunks: Sequence[int] | None = None,
+        reader: Reader | None = None,
+    ) -> None:
         self.fd = fd
+        #: reads a chunk into a buffer, returning the bytes read (default: pread at chunk * chunk_size)
+        self.reader = reader
         self.filesize = filesize
         self.chunk_size = chunk_size
         count = -(-filesize // chunk_size)
@@ -72,7 +84,10 @@ class ChunkHasher:
             for chunk in run:
                 length = self._length(chunk)
                 try:
-                    got = os.preadv(self.fd, [view[:length]], chunk * self.chunk_size)
+                    if self.reader is not None:
+                        got = self.reader(chunk, view[:length])
+                    else:
+                        got = os.preadv(self.fd, [view[:length]], chunk * self.chunk_size)
                 except OSError:
                     got = -1
                 self.digests[chunk] = hashlib.sha256(view[:length]).hexdigest() if got == length else None
@@ -91,11 +106,12 @@ async def hash_chunks(
     chunks: Sequence[int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     threads: int = THREADS,
+    reader: Reader | None = None,
 ) -> dict[int, str | None]:
     """Hash `chunks` (default: all) of the open file `fd` on `threads` threads; `on_progress(bytes_done,
     total_bytes)` is called on the event loop about every PROGRESS_INTERVAL and once at the end. A
     cancellation stops the threads at their next chunk."""
-    hasher = ChunkHasher(fd, filesize, chunk_size, chunks)
+    hasher = ChunkHasher(fd, filesize, chunk_size, chunks, reader)
     total = hasher.total_bytes
     loop = asyncio.get_running_loop()
     executor = ThreadPoolExecutor(max(1, threads), thread_name_prefix="p2pfs-hash")

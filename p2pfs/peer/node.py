@@ -10,10 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from p2pfs.address import Address
+from p2pfs.collection import tree as collection_tree
+from p2pfs.collection.store import CollectionStore
 from p2pfs.errors import FileNotPublished, P2PFSError, ProtocolError, TrackerError, TrackerUnavailable
 from p2pfs.peer import hashing, storage
 from p2pfs.peer.chunk_server import ChunkServer
+from p2pfs.peer.control import ControlServer
 from p2pfs.peer.storage import ChunkFile, StorageError
+from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
 from p2pfs.protocol import hashes
@@ -33,7 +37,13 @@ class Peer:
         on_tracker_status: Callable[[str], None] | None = None,
         raw: bool = True,
         security: Security = OPEN,
+        control: bool = True,
     ) -> None:
+        #: listen on a local control socket once started, for `p2pfs unpublish` (see p2pfs.peer.control)
+        self.control = control
+        self._control: ControlServer | None = None
+        #: names a download() is running for (from its start until its final announce)
+        self._downloading: set[str] = set()
         #: use the binary chunk path (False: only the seed's base64 JSON, as P2PFS_WIRE=json asks)
         self.raw = raw
         self.host = host
@@ -48,9 +58,14 @@ class Peer:
     async def start(self) -> Address:
         """Start serving chunks; returns the address actually bound."""
         self.address = await self.server.start(self.host, self.port)
+        if self.control and self._control is None:
+            self._control = await ControlServer.start_for(self)
         return self.address
 
     async def stop(self) -> None:
+        control, self._control = self._control, None
+        if control is not None:
+            await control.stop()
         await self.tracker.close()
         await self.server.stop()
         for shared in self.library.values():
@@ -72,6 +87,8 @@ class Peer:
     async def announce(self) -> None:
         """Publish every whole file again and register the chunks of unfinished downloads (batch form)."""
         for shared in list(self.library.values()):
+            if self.library.get(shared.name) is not shared:
+                continue  # (unpublished meanwhile)
             if shared.complete:
                 try:
                     await self._publish_to_tracker(shared)
@@ -82,7 +99,12 @@ class Peer:
 
     async def _publish_to_tracker(self, shared: ChunkFile) -> None:
         await self.tracker.publish(
-            shared.name, shared.filesize, shared.chunk_count, shared.chunk_size, shared.chunk_hashes()
+            shared.name,
+            shared.filesize,
+            shared.chunk_count,
+            shared.chunk_size,
+            shared.chunk_hashes(),
+            shared.collection if isinstance(shared, CollectionStore) else None,
         )
 
     async def publish(
@@ -90,12 +112,17 @@ class Peer:
         path: Path,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         on_progress: Callable[[int, int], None] | None = None,
+        name: str | None = None,
+        on_warning: Callable[[str], None] | None = None,
     ) -> ChunkFile:
-        """Hash the file's chunks (on hashing.THREADS threads; `on_progress(bytes_hashed, filesize)`), list
-        it with the tracker, and serve it."""
+        """Publish a file, or a directory tree as one collection (see `publish_collection`), under `name`
+        (default: its base name): hash its chunks (on hashing.THREADS threads; `on_progress(bytes_hashed,
+        total)`), list it with the tracker, and serve it."""
         if not self.tracker.connected:
             raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
-        name = storage.check_name(path.name)
+        if path.is_dir():
+            return await self.publish_collection(path, name, chunk_size, on_progress, on_warning)
+        name = storage.check_name(name if name is not None else path.name)
         known = self.library.get(name)
         if known is not None:
             if not known.complete or os.path.realpath(known.path) != os.path.realpath(path):
@@ -108,21 +135,48 @@ class Peer:
                 if len(location.holder_chunks().get(str(self.self_address), ())) != known.chunk_count:
                     raise
             return known
-        shared = await asyncio.to_thread(storage.open_to_publish, path, chunk_size)
+        shared = await asyncio.to_thread(storage.open_to_publish, path, chunk_size, name)
+        return await self._hash_and_list(shared, on_progress)
+
+    async def publish_collection(
+        self,
+        root: Path,
+        name: str | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        on_progress: Callable[[int, int], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> CollectionStore:
+        """Publish the directory tree `root` as one collection, under `name` (default: its base name):
+        walk it into a manifest, hash the collection's chunks, list it with the tracker, and serve it.
+        What cannot be shared (special files, links out of the tree) is skipped with a warning."""
+        if not self.tracker.connected:
+            raise TrackerUnavailable("not connected to a tracker (use connect <ip> <port>)")
+        name = storage.check_name(name if name is not None else Path(os.path.abspath(root)).name)
+        if name in self.library:
+            raise StorageError(f"another file named {name!r} is already shared by this peer")
+        warn = on_warning or (lambda line: log.warning("%s", line))
+        store = await asyncio.to_thread(collection_tree.open_to_publish, root, name, chunk_size, warn)
+        await self._hash_and_list(store, on_progress)
+        return store
+
+    async def _hash_and_list(self, shared: ChunkFile, on_progress: Callable[[int, int], None] | None) -> ChunkFile:
+        """Hash a file opened to publish, then serve it and list it with the tracker (closed on failure)."""
         try:
-            digests = await hashing.hash_chunks(shared.fd, shared.filesize, chunk_size, on_progress=on_progress)
+            digests = await hashing.hash_chunks(
+                shared.fd, shared.filesize, shared.chunk_size, on_progress=on_progress, reader=shared.read_into
+            )
             storage.set_published_digests(shared, digests)
         except BaseException:
             shared.close()
             raise
-        if name in self.library:  # (published meanwhile, by a concurrent publish of the same name)
+        if shared.name in self.library:  # (published meanwhile, by a concurrent publish of the same name)
             shared.close()
-            raise StorageError(f"another file named {name!r} is already shared by this peer")
-        self.library[name] = shared
+            raise StorageError(f"another file named {shared.name!r} is already shared by this peer")
+        self.library[shared.name] = shared
         try:
             await self._publish_to_tracker(shared)
         except BaseException:
-            self.library.pop(name, None)
+            self.library.pop(shared.name, None)
             shared.close()
             raise
         return shared
@@ -169,22 +223,62 @@ class Peer:
         """Download `name` to `dest` (see p2pfs.peer.destination for where it goes). A DEST that already
         holds the published bytes is kept and served (`already`); one with other bytes is refused
         unless `force`."""
-        result = await Download(
-            self.tracker,
-            self.library,
-            name,
-            dest,
-            self_address=self.self_address,
-            on_progress=on_progress,
-            raw=self.raw,
-            security=self.security,
-            force=force,
-        ).run()
-        if result.content_id is not None:
-            # Now a complete holder: publish (joining the listed file) so the tracker counts this copy
-            # whole even if a chunk registration was lost, or if the file was delisted meanwhile.
-            try:
-                await self._publish_to_tracker(self.library[name])
-            except (TrackerError, TrackerUnavailable) as exc:
-                log.info("could not announce the finished %s: %s", name, exc)
+        first = name not in self._downloading  # (a second download of the name is refused by Download)
+        self._downloading.add(name)
+        try:
+            result = await Download(
+                self.tracker,
+                self.library,
+                name,
+                dest,
+                self_address=self.self_address,
+                on_progress=on_progress,
+                raw=self.raw,
+                security=self.security,
+                force=force,
+            ).run()
+            if result.content_id is not None:
+                # Now a complete holder: publish (joining the listed file) so the tracker counts this copy
+                # whole even if a chunk registration was lost, or if the file was delisted meanwhile.
+                try:
+                    await self._publish_to_tracker(self.library[name])
+                except (TrackerError, TrackerUnavailable) as exc:
+                    log.info("could not announce the finished %s: %s", name, exc)
+        finally:
+            if first:
+                self._downloading.discard(name)
         return result
+
+    async def unpublish(self, name: str) -> None:
+        """Stop sharing `name` without stopping the peer: it leaves the library (the chunk server answers
+        ERROR "file not shared here" for it from now on), its file is closed (and left untouched on disk),
+        and the tracker is told (REQUEST_UNPUBLISH), which delists the file if no complete holder is left.
+
+        P2PFSError, with nothing changed, if `name` is being downloaded or not shared here. TrackerError
+        after the local stop if the tracker refused or does not support unpublish. Without a tracker
+        connection (or if it is lost meanwhile) the local stop is all: the tracker forgets this peer's
+        chunks with its connection, and a reconnection does not announce `name` again."""
+        shared = self.library.get(name)
+        if name in self._downloading or (shared is not None and not shared.complete):
+            raise StorageError(
+                f"{name!r} is being downloaded; wait for the download to finish (or stop it), then unpublish"
+            )
+        if shared is None:
+            raise P2PFSError(f"this peer does not share {name!r}")
+        del self.library[name]
+        shared.close()
+        seeder = self.server.super_seeder
+        if shared.origin and seeder is not None:
+            # SuperSeeder keeps state by name and cannot forget one: start afresh, so a file published
+            # again under this name is super-seeded from scratch (the others merely start over).
+            fresh = SuperSeeder(seeder.rng)
+            fresh.substituted = seeder.substituted
+            self.server.super_seeder = fresh
+        if not self.tracker.connected:
+            return
+        try:
+            await self.tracker.unpublish(name)
+        except TrackerUnavailable as exc:
+            log.info("unpublished %s without telling the tracker: %s", name, exc)
+        except TrackerError as exc:
+            raise TrackerError(f"stopped sharing {name!r} here, but {exc}") from None

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import msgspec
 
@@ -49,10 +51,17 @@ class PartFile:
 
     @classmethod
     def open(
-        cls, dest: Path, name: str, filesize: int, chunk_size: int, content_id: str | None
-    ) -> PartFile:
+        cls,
+        dest: Path,
+        name: str,
+        filesize: int,
+        chunk_size: int,
+        content_id: str | None,
+        create: Callable[[bool], ChunkFile] | None = None,
+    ) -> Self:
         """Resume `DEST.part` if its state matches this file, else start a fresh one. Neither file is
-        opened through a symbolic link (StorageError)."""
+        opened through a symbolic link (StorageError). `create(keep)` makes what holds the chunks
+        (default: the file `DEST.part`; `keep`: reuse what an earlier attempt left)."""
         state = state_path(dest)
         state_fd = storage.open_no_follow(state, os.O_RDWR | os.O_CREAT)
         fresh = False
@@ -75,7 +84,10 @@ class PartFile:
                 candidates = {}
             else:
                 os.lseek(state_fd, 0, os.SEEK_END)
-            shared = storage.create_part(dest, name, filesize, chunk_size, keep=bool(candidates))
+            if create is None:
+                shared = storage.create_part(dest, name, filesize, chunk_size, keep=bool(candidates))
+            else:
+                shared = create(bool(candidates))
         except BaseException:
             if fresh:  # (an empty log of ours: nothing to keep; a log with chunks stays for a resume)
                 with contextlib.suppress(OSError):

@@ -94,6 +94,10 @@ class ChunkFile:
             raise StorageError(f"{self.path}: short read of chunk {chunk} (file changed on disk?)")
         return data
 
+    def read_into(self, chunk: int, view: memoryview) -> int:
+        """Read chunk `chunk` into `view` (at least the chunk's length); returns the bytes read."""
+        return os.preadv(self.fd, [view[: self.chunk_length(chunk)]], chunk * self.chunk_size)
+
     def write_chunk(self, chunk: int, data: bytes | bytearray | memoryview, digest: str) -> None:
         self.write_at(chunk, data)
         self.mark(chunk, digest)

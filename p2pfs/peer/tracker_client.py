@@ -39,6 +39,10 @@ RECONNECT_MAX_DELAY = 5.0
 REGISTER_BATCH = MAX_REGISTER_BATCH
 
 
+class UnpublishUnsupported(TrackerError):
+    """The tracker answered REQUEST_UNPUBLISH with ERROR: it does not know the extension."""
+
+
 class TrackerClient:
     """Requests to one tracker. A registered client that loses its tracker reconnects by itself with
     capped exponential backoff, registers again and calls `on_reconnected` (the peer re-announces what
@@ -152,17 +156,41 @@ class TrackerClient:
             self._on_status(line)
 
     async def publish(
-        self, name: str, filesize: int, chunk_count: int, chunk_size: int, chunk_hashes: bytes | None = None
+        self,
+        name: str,
+        filesize: int,
+        chunk_count: int,
+        chunk_size: int,
+        chunk_hashes: bytes | None = None,
+        collection: m.Collection | None = None,
     ) -> None:
         reply = await self._request(
             m.RequestPublish(
-                filename=name, fileinfo=(filesize, chunk_count), chunksize=chunk_size, chunkhashes=chunk_hashes
+                filename=name,
+                fileinfo=(filesize, chunk_count),
+                chunksize=chunk_size,
+                chunkhashes=chunk_hashes,
+                collection=collection,
             )
         )
         if not isinstance(reply, m.ReplyPublish):
             raise TrackerError(f"publish of {name!r} failed: {_describe(reply)}")
         if not reply.result:
             raise TrackerError(f"publish of {name!r} refused: {reply.message or 'no reason given'}")
+
+    async def unpublish(self, name: str) -> None:
+        """Stop being a holder of `name` at the tracker (REQUEST_UNPUBLISH, an extension). TrackerError
+        with one line if the tracker refuses, or UnpublishUnsupported if it does not know the request (a
+        tracker that speaks only the seed's protocol answers it with ERROR)."""
+        reply = await self._request(m.RequestUnpublish(filename=name))
+        if isinstance(reply, m.Error):
+            if "REQUEST_UNPUBLISH" in reply.message or reply.message.startswith("unexpected message type"):
+                raise UnpublishUnsupported(f"tracker {self.address} does not support unpublish")
+            raise TrackerError(f"unpublish of {name!r} failed: {reply.message}")
+        if not isinstance(reply, m.ReplyUnpublish) or reply.filename != name:
+            raise TrackerError(f"unpublish of {name!r} failed: {_describe(reply)}")
+        if not reply.result:
+            raise TrackerError(f"unpublish of {name!r} refused: {reply.message or 'no reason given'}")
 
     async def file_list(self) -> m.ReplyFileList:
         reply = await self._request(m.RequestFileList())

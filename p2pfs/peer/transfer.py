@@ -22,10 +22,11 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from p2pfs.address import Address
 from p2pfs.chunkset import ChunkSet
@@ -83,6 +84,21 @@ MAX_CANDIDATES = 256
 USELESS_REPLY_LIMIT = 4
 
 
+class Part(Protocol):
+    """What the engine needs of a download on disk (PartFile for a file, collection.part for a tree)."""
+
+    candidates: dict[int, str]
+
+    @property
+    def shared(self) -> ChunkFile: ...
+
+    def resume_chunks(self) -> list[int]: ...
+
+    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]: ...
+
+    def record(self, chunk: int, digest: str) -> None: ...
+
+
 @dataclass
 class Progress:
     name: str
@@ -112,6 +128,8 @@ class DownloadResult:
     resumed: int = 0
     #: DEST already held these bytes (hashed against the publisher's): nothing was fetched
     already: bool = False
+    #: files of a collection (None: a plain file)
+    files: int | None = None
 
     @property
     def mib_per_s(self) -> float:
@@ -215,7 +233,7 @@ class Download:
         self._changed = asyncio.Event()
         self._picker: Picker[Address] = Picker(0)
         self._file: ChunkFile | None = None
-        self._part: PartFile | None = None
+        self._part: Part | None = None
         self._expected: list[str] | None = None
         #: holders that misbehaved (see Misbehaving): never asked again during this download
         self._banned: set[Address] = set()
@@ -235,8 +253,9 @@ class Download:
         self._failure: P2PFSError | None = None
         self._content_id: str | None = None
 
-    async def run(self) -> DownloadResult:
-        started = time.monotonic()
+    async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
+        """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
+        chunk size), checked against each other and against the content id."""
         storage.check_name(self.name)
         if self.name in self.library:
             raise P2PFSError(f"{self.name!r} is already shared or being downloaded by this peer")
@@ -249,15 +268,23 @@ class Download:
         chunk_size = location.chunksize or DEFAULT_CHUNK_SIZE
         if storage.chunk_count_for(filesize, chunk_size) != chunk_count:
             raise ProtocolError(f"tracker gave inconsistent fileinfo for {self.name!r}")
-        dest, existing = destination.resolve(self.dest, self.name)
         expected = hashes.split(location.chunkhashes) if location.chunkhashes else None
         if expected is not None and len(expected) != chunk_count:
             raise ProtocolError(f"tracker gave {len(expected)} chunk hashes for {chunk_count} chunks")
         if location.chunkhashes and location.contentid not in (None, hashes.content_id(location.chunkhashes)):
-            raise ProtocolError(
-                f"tracker gave chunk hashes that do not match the content id of {self.name!r}"
-            )
+            raise ProtocolError(f"tracker gave chunk hashes that do not match the content id of {self.name!r}")
         self._expected = expected
+        return location, filesize, chunk_count, chunk_size
+
+    async def run(self) -> DownloadResult:
+        """Download one file to DEST (see p2pfs.peer.destination); a collection is handed to its driver."""
+        started = time.monotonic()
+        location, filesize, chunk_count, chunk_size = await self.locate()
+        if location.collection is not None:
+            from p2pfs.collection.download import download_collection
+
+            return await download_collection(self, location, started)
+        dest, existing = destination.resolve(self.dest, self.name)
         if existing is not None:
             held = await self._check_existing(dest, existing.st_size, filesize, chunk_size)
             if held is not None:
@@ -272,56 +299,16 @@ class Download:
                     already=True,
                 )
         part = PartFile.open(dest, self.name, filesize, chunk_size, location.contentid)
-        self._file = shared = part.shared
-        self._part = part
-        self._pool = BufferPool(chunk_size, max(3, BUFFER_BYTES // chunk_size))
-        self._executor = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pfs-verify")
         ok = False
-        resumed: list[int] = []
         resumable = location.contentid is not None  # see PartFile: unverified files are never resumed
         try:
-            if part.candidates:
-                digests = await hashing.hash_chunks(
-                    shared.fd,
-                    filesize,
-                    chunk_size,
-                    part.resume_chunks(),
-                    self._hash_progress("resume", chunk_count),
-                )
-                resumed = part.keep_resumed(digests, expected)
-            self._claimed = set(shared.have)
-            self._bytes_done = sum(shared.chunk_length(c) for c in resumed)
-            self.library[self.name] = shared  # serve chunks while still downloading
-            if resumed:
-                log.info(
-                    "resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count
-                )
-                self.tracker.register_chunks(self.name, resumed)
-            self._picker = Picker(chunk_count, have=shared.have)
-            # the tracker pushes news since the request above; they are applied from now on (the reply
-            # covered what came before)
-            self.tracker.watch(self.name, self._on_update)
-            if not self._picker.complete:
-                self._set_publishers(location.publishers)
-                self._add_holders(location.holder_runs())
-                try:
-                    await self._download_all()
-                except NoSourceForChunk as exc:
-                    if not (shared.have and resumable):
-                        raise
-                    kept = (
-                        f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
-                    )
-                    raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
+            resumed = await self.fetch(part, location, resumable)
             part.finish()
             ok = True
         finally:
-            self.tracker.unwatch(self.name)
-            await self._close_holders()
-            self._executor.shutdown(wait=True)
             if not ok:
                 self.library.pop(self.name, None)
-                if shared.have and resumable:
+                if part.shared.have and resumable:
                     part.keep_for_resume()
                 else:
                     part.discard()
@@ -335,6 +322,58 @@ class Download:
             location.contentid,
             len(resumed),
         )
+
+    async def fetch(
+        self, part: Part, location: m.ReplyFileLocation, resumable: bool, skip: Iterable[int] = ()
+    ) -> list[int]:
+        """The engine: fetch every chunk of `part.shared` that is neither held nor in `skip`, from the
+        holders the tracker lists (and pushes), and serve them meanwhile. Chunks the part's log names are
+        hashed again first; returns those kept. Raises NoSourceForChunk (or another P2PFSError)."""
+        shared = part.shared
+        chunk_count = shared.chunk_count
+        self._file = shared
+        self._part = part
+        self._closing = False
+        self._holders, self._connecting, self._known, self._hopeful = {}, {}, {}, set()
+        self._pool = BufferPool(shared.chunk_size, max(3, BUFFER_BYTES // shared.chunk_size))
+        self._executor = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="p2pfs-verify")
+        resumed: list[int] = []
+        try:
+            if part.candidates:
+                digests = await hashing.hash_chunks(
+                    shared.fd,
+                    shared.filesize,
+                    shared.chunk_size,
+                    part.resume_chunks(),
+                    self._hash_progress("resume", chunk_count),
+                    reader=shared.read_into,
+                )
+                resumed = part.keep_resumed(digests, self._expected)
+            self._claimed = set(shared.have)
+            self._bytes_done += sum(shared.chunk_length(c) for c in resumed)
+            self.library[self.name] = shared  # serve chunks while still downloading
+            if resumed:
+                log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
+                self.tracker.register_chunks(self.name, resumed)
+            self._picker = Picker(chunk_count, have=set(shared.have).union(skip))
+            # the tracker pushes news since the location request; they are applied from now on (the
+            # reply covered what came before)
+            self.tracker.watch(self.name, self._on_update)
+            if not self._picker.complete:
+                self._set_publishers(location.publishers)
+                self._add_holders(location.holder_runs())
+                try:
+                    await self._download_all()
+                except NoSourceForChunk as exc:
+                    if not (shared.have and resumable):
+                        raise
+                    kept = f"; {len(shared.have)} verified chunks kept in {shared.path}: run it again to resume"
+                    raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
+            return resumed
+        finally:
+            self.tracker.unwatch(self.name)
+            await self._close_holders()
+            self._executor.shutdown(wait=True)
 
     async def _check_existing(
         self, dest: Path, size: int, filesize: int, chunk_size: int
@@ -511,9 +550,11 @@ class Download:
     def _reregister_missing(self, holder_runs: dict[str, list[tuple[int, int]]]) -> None:
         """If the tracker lists fewer of our chunks than we hold (it restarted, or our registrations
         arrived before the file was listed again), register the missing ones in one batch."""
-        have = self._picker.have  # (the chunks verified and held: the same as the ChunkFile's)
-        if not have or self.self_address is None:
+        shared = self._file
+        if shared is None or not shared.have or self.self_address is None:
             return
+        # (the chunks verified and held: the picker's `have` also counts the chunks this fetch skips)
+        have = ChunkSet.from_numbers(shared.chunk_count, shared.have)
         listed = ChunkSet.from_runs(have.size, holder_runs.get(str(self.self_address), ()))
         missing = have.difference(listed)
         if missing:
@@ -863,7 +904,7 @@ class Download:
                 self.name,
                 self._file.filesize,
                 self._file.chunk_count,
-                len(self._picker.have),
+                len(self._file.have),
                 self._bytes_done,
                 len(self._holders),
                 self.sources,

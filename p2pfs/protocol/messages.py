@@ -84,6 +84,19 @@ class ReplyRegister(Message, tag="REPLY_REGISTER", omit_defaults=True):
     address: tuple[str, int] | None = None
 
 
+Count = Annotated[int, msgspec.Meta(ge=0, le=1 << 40)]
+
+
+class Collection(msgspec.Struct, forbid_unknown_fields=False):
+    """Extension: the published name is a collection (a directory tree). Its bytes are its manifest
+    (`manifestsize` bytes), zeros to the next chunk boundary, then every member file's bytes; `files`
+    and `size` are the members' count and total size (docs/PROTOCOL.md, Collections)."""
+
+    files: Count
+    size: Count
+    manifestsize: Annotated[int, msgspec.Meta(ge=1, le=1 << 40)]
+
+
 class RequestPublish(_NamesFile, tag="REQUEST_PUBLISH", omit_defaults=True):
     fileinfo: FileInfo
     # extension: bytes per chunk (all chunks but the last); absent means the default, 1 MiB
@@ -91,11 +104,18 @@ class RequestPublish(_NamesFile, tag="REQUEST_PUBLISH", omit_defaults=True):
     # extension: the publisher's SHA-256 of every chunk, concatenated (32 bytes each), base64 in JSON.
     # Downloaders verify chunks against these, not against what a holder claims.
     chunkhashes: bytes | None = None
+    # extension: what makes this name a collection (a collection always comes with chunkhashes)
+    collection: Collection | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.chunkhashes is not None and len(self.chunkhashes) != DIGEST_SIZE * self.fileinfo[1]:
             raise ValueError(f"chunkhashes must hold {DIGEST_SIZE} bytes per chunk")
+        if self.collection is not None:
+            if self.chunkhashes is None:
+                raise ValueError("a collection is published with its chunkhashes")
+            if self.collection.manifestsize + self.collection.size > self.fileinfo[0]:
+                raise ValueError("a collection's manifest and members exceed its filesize")
 
 
 class ReplyPublish(Message, tag="REPLY_PUBLISH"):
@@ -111,6 +131,8 @@ class ReplyFileList(Message, tag="REPLY_FILE_LIST", omit_defaults=True):
     filelist: dict[str, FileInfo]
     # extension: the content id of every file published with chunk hashes (absent: unverified file)
     contentids: dict[str, str] | None = None
+    # extension: which names are collections (filelist then has the collection's whole size)
+    collections: dict[str, Collection] | None = None
 
 
 class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults=True):
@@ -154,6 +176,8 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
     # only these super-seed, so a downloader asks only them for `substitute` and accepts substitutes
     # from no one else
     publishers: Annotated[list[str], msgspec.Meta(max_length=MAX_HOLDERS_LISTED)] | None = None
+    # extension: the name is a collection (see REQUEST_PUBLISH)
+    collection: Collection | None = None
 
     def __post_init__(self) -> None:
         # (a tracker builds replies with pre-encoded msgspec.Raw values in place of bytes: checked on decode)
@@ -201,6 +225,18 @@ class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaul
     # extension (batch form): every chunk number to register; `chunknum` is then the first of them, so a
     # tracker that knows only the seed's form still registers one
     chunknums: Annotated[list[ChunkNumber], msgspec.Meta(max_length=MAX_REGISTER_BATCH)] | None = None
+
+
+class RequestUnpublish(_NamesFile, tag="REQUEST_UNPUBLISH"):
+    """Extension: the registered sender stops being a holder of `filename` (every chunk of it it held); the
+    file is delisted if that leaves a chunk with no holder. Answered by REPLY_UNPUBLISH."""
+
+
+class ReplyUnpublish(_NamesFile, tag="REPLY_UNPUBLISH", omit_defaults=True):
+    """Extension: the answer to REQUEST_UNPUBLISH (`message`: the reason of a refusal; absent on success)."""
+
+    result: bool
+    message: str = ""
 
 
 class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK", omit_defaults=True):
@@ -268,6 +304,8 @@ AnyMessage = (
     | Error
     | AuthChallenge
     | AuthProof
+    | RequestUnpublish
+    | ReplyUnpublish
 )
 
 #: The 12 message types of the seed's table, by wire name (ERROR is our addition).

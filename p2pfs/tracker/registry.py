@@ -2,8 +2,8 @@
 which peer holds which chunk of each file.
 
 Invariant: a file is listed only while it has at least one holder and every chunk has at least one
-holder. Removing a peer (clean close or crash) removes its chunks and delists the files it leaves
-incomplete.
+holder. Removing a peer (clean close or crash), or a peer unpublishing a file, removes its chunks (of
+that file) and delists the files it leaves incomplete.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from p2pfs.address import Address
 from p2pfs.chunkset import ChunkSet
 from p2pfs.protocol import hashes
+from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE, MAX_CHUNKS
 
 # (ChunkSet lives in p2pfs.chunkset; it is still exported from here for the tracker server and tests)
@@ -24,10 +25,12 @@ __all__ = [
     "MAX_LISTED_CHUNKS",
     "MAX_PUBLISHED_CHUNKS_PER_PEER",
     "MAX_UNHASHED_CHUNKS_PER_PEER",
+    "NOT_REGISTERED",
     "ChunkSet",
     "FileRecord",
     "PublishRefused",
     "Registry",
+    "UnpublishRefused",
 ]
 
 #: Most chunks one peer may publish in all (4 files of MAX_CHUNKS): publishing costs the tracker memory
@@ -66,6 +69,8 @@ class FileRecord:
     memo: dict[str, object] = field(default_factory=dict)
     #: holders that published the file from their own copy (REQUEST_PUBLISH): the super-seeders
     publishers: set[Address] = field(default_factory=set)
+    #: a collection's description (REQUEST_PUBLISH's `collection`); None for a plain file
+    collection: m.Collection | None = None
 
     def __post_init__(self) -> None:
         if not self.availability:
@@ -81,8 +86,42 @@ class FileRecord:
         return bool(self.holders) and (self.chunk_count == 0 or min(self.availability) > 0)
 
 
+def _differs(
+    name: str,
+    existing: FileRecord,
+    filesize: int,
+    chunk_size: int | None,
+    chunk_hashes: bytes | None,
+    collection: m.Collection | None,
+) -> str:
+    """Why a publish of `name` does not join the listed file of that name: what differs, in words."""
+    listed = f"a file named {name!r} is already published"
+    if (existing.collection is None) != (collection is None):
+        kind = "a collection" if existing.collection is not None else "a plain file"
+        return f"{listed}, as {kind}"
+    if existing.filesize != filesize:
+        return f"{listed} with other content ({existing.filesize} bytes, not {filesize})"
+    theirs, ours = existing.chunk_size or DEFAULT_CHUNK_SIZE, chunk_size or DEFAULT_CHUNK_SIZE
+    if theirs != ours:
+        return (
+            f"{listed} with another chunk size ({theirs} bytes, not {ours}): publish it with "
+            f"--chunk-size {theirs} to join it, or under another name"
+        )
+    if chunk_hashes is None or existing.chunk_hashes is None:
+        return f"{listed}; without chunk hashes on both sides the copies cannot be compared"
+    return f"{listed} with different content (same size, other bytes)"
+
+
 class PublishRefused(Exception):
     """Why a REQUEST_PUBLISH was refused; the text goes into REPLY_PUBLISH.message."""
+
+
+class UnpublishRefused(Exception):
+    """Why a REQUEST_UNPUBLISH was refused; the text goes into REPLY_UNPUBLISH.message."""
+
+
+#: The refusal of a request that needs a registered connection.
+NOT_REGISTERED = "peer is not registered (send REQUEST_REGISTER first)"
 
 
 class Registry:
@@ -116,21 +155,38 @@ class Registry:
     def remove_peer(self, address: Address) -> list[str]:
         """Forget a peer and its chunks; return the names of the files this delists."""
         self.peers.discard(address)
-        delisted: list[str] = []
-        for name in sorted(self._files_of.pop(address, set())):
-            record = self.files.get(name)
-            if record is None:
-                continue
-            held = record.holders.pop(address, None)
-            if held is not None:
-                self._dropped_record(record)
-                for chunk in held:
-                    record.availability[chunk] -= 1
-            record.publishers.discard(address)
-            if not record.complete:
-                self._delist(name)
-                delisted.append(name)
-        return delisted
+        return [name for name in sorted(self._files_of.pop(address, set())) if self._leave(address, name)]
+
+    def unpublish(self, address: Address, name: str) -> bool:
+        """`address` stops holding `name` (REQUEST_UNPUBLISH): all its chunks of it are removed, as when it
+        leaves; True if this delists the file (a chunk is left with no holder). UnpublishRefused if the
+        peer is not registered or holds nothing of `name`. No other holder's chunks are touched."""
+        if address not in self.peers:
+            raise UnpublishRefused(NOT_REGISTERED)
+        record = self.files.get(name)
+        if record is None:
+            raise UnpublishRefused(f"{name!r} is not listed")
+        if address not in record.holders:
+            raise UnpublishRefused(f"this peer does not hold {name!r}")
+        self._files_of[address].discard(name)
+        return self._leave(address, name)
+
+    def _leave(self, address: Address, name: str) -> bool:
+        """`address` is no longer a holder of `name` (it left, or unpublished it); True if that delists
+        the file. The one code path for a holder leaving a file: the listing invariant is kept here."""
+        record = self.files.get(name)
+        if record is None:
+            return False
+        held = record.holders.pop(address, None)
+        if held is not None:
+            self._dropped_record(record)
+            for chunk in held:
+                record.availability[chunk] -= 1
+        record.publishers.discard(address)
+        if not record.complete:
+            self._delist(name)
+            return True
+        return False
 
     # -- files ---------------------------------------------------------------------------------
     def publish(
@@ -141,11 +197,12 @@ class Registry:
         chunk_count: int,
         chunk_size: int | None,
         chunk_hashes: bytes | None = None,
+        collection: m.Collection | None = None,
     ) -> FileRecord:
-        """List a file held whole by `address`, or add `address` as a holder of every chunk when the
-        same name is already listed with the same content id. PublishRefused says why not."""
+        """List a file (or a collection) held whole by `address`, or add `address` as a holder of every
+        chunk when the same name is already listed with the same content. PublishRefused says why not."""
         if address not in self.peers:
-            raise PublishRefused("peer is not registered (send REQUEST_REGISTER first)")
+            raise PublishRefused(NOT_REGISTERED)
         published = sum(self.files[n].chunk_count for n in self._files_of[address] if n in self.files)
         if published + chunk_count > MAX_PUBLISHED_CHUNKS_PER_PEER:
             raise PublishRefused(
@@ -170,8 +227,8 @@ class Registry:
                 and existing.fileinfo == (filesize, chunk_count)
                 and (existing.chunk_size or DEFAULT_CHUNK_SIZE) == (chunk_size or DEFAULT_CHUNK_SIZE)
             )
-            if not same_content:
-                raise PublishRefused(f"a file named {name!r} is already published (with different content)")
+            if not same_content or existing.collection != collection:
+                raise PublishRefused(_differs(name, existing, filesize, chunk_size, chunk_hashes, collection))
             if address not in existing.holders:  # joining as a new holder of every chunk: no per-chunk work
                 self._check_room(new_records=1, new_bits=chunk_count)
                 existing.holders[address] = ChunkSet(chunk_count, full=True)
@@ -194,7 +251,7 @@ class Registry:
         if self.listed_chunks + chunk_count > self.max_listed_chunks:
             raise PublishRefused(f"tracker full: {self.listed_chunks} chunks listed; the limit is {self.max_listed_chunks}")
         self._check_room(new_records=1, new_bits=chunk_count)
-        record = FileRecord(name, filesize, chunk_count, chunk_size, chunk_hashes)
+        record = FileRecord(name, filesize, chunk_count, chunk_size, chunk_hashes, collection=collection)
         if chunk_hashes is not None:
             record.content_id = hashes.content_id(chunk_hashes)
         self.files[name] = record
@@ -261,6 +318,10 @@ class Registry:
 
     def file_list(self) -> dict[str, tuple[int, int]]:
         return {name: record.fileinfo for name, record in self.files.items()}
+
+    def collections(self) -> dict[str, m.Collection]:
+        """The listed names that are collections, with what describes them."""
+        return {name: r.collection for name, r in self.files.items() if r.collection is not None}
 
     def content_ids(self) -> dict[str, str]:
         """Content id of every listed file that was published with chunk hashes."""

@@ -17,7 +17,14 @@ from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import MAX_SMALL_FRAME, MAX_TRACKER_FRAME
 from p2pfs.security import OPEN, Security
 from p2pfs.server import FrameServer
-from p2pfs.tracker.registry import ChunkSet, FileRecord, PublishRefused, Registry
+from p2pfs.tracker.registry import (
+    NOT_REGISTERED,
+    ChunkSet,
+    FileRecord,
+    PublishRefused,
+    Registry,
+    UnpublishRefused,
+)
 
 log = logging.getLogger("p2pfs.tracker")
 
@@ -131,7 +138,11 @@ class TrackerServer(FrameServer):
             self._register(conn, address)
             return m.ReplyRegister(address=(address.host, address.port))
         if isinstance(message, m.RequestFileList):
-            return m.ReplyFileList(filelist=registry.file_list(), contentids=registry.content_ids() or None)
+            return m.ReplyFileList(
+                filelist=registry.file_list(),
+                contentids=registry.content_ids() or None,
+                collections=registry.collections() or None,
+            )
         if isinstance(message, m.RequestFileLocation):
             record = registry.locations(message.filename)
             if record is None:
@@ -142,11 +153,17 @@ class TrackerServer(FrameServer):
         registered = self._address_of.get(conn)
         if isinstance(message, m.RequestPublish):
             if registered is None:
-                return m.ReplyPublish(result=False, message="peer is not registered (send REQUEST_REGISTER first)")
+                return m.ReplyPublish(result=False, message=NOT_REGISTERED)
             filesize, chunk_count = message.fileinfo
             try:
                 registry.publish(
-                    registered, message.filename, filesize, chunk_count, message.chunksize, message.chunkhashes
+                    registered,
+                    message.filename,
+                    filesize,
+                    chunk_count,
+                    message.chunksize,
+                    message.chunkhashes,
+                    message.collection,
                 )
             except PublishRefused as exc:
                 return m.ReplyPublish(result=False, message=str(exc))
@@ -154,8 +171,26 @@ class TrackerServer(FrameServer):
             if message.filename in self._watchers:  # a new complete holder joined the listed file
                 self._add_news(message.filename, registered, range(chunk_count))
             return m.ReplyPublish(result=True, message="")
+        if isinstance(message, m.RequestUnpublish):
+            return self._unpublish(registered, message.filename)
         kind = type(message).__struct_config__.tag
         return m.Error(message=f"unexpected message type {kind} for a tracker", request=str(kind))
+
+    def _unpublish(self, registered: Address | None, name: str) -> m.ReplyUnpublish:
+        """REQUEST_UNPUBLISH: the sender's own holding of `name` ends (never another peer's). Pushed updates
+        cannot say a holder left: watchers learn it at their next location refresh, or from the holder's
+        ERROR; news of its chunks not pushed yet are dropped, so no watcher is sent to it afterwards."""
+        if registered is None:
+            return m.ReplyUnpublish(filename=name, result=False, message=NOT_REGISTERED)
+        try:
+            delisted = self.registry.unpublish(registered, name)
+        except UnpublishRefused as exc:
+            return m.ReplyUnpublish(filename=name, result=False, message=str(exc))
+        news = self._news.get(name)
+        if news is not None:
+            news.pop(registered, None)
+        log.info("%s unpublished %s%s", registered, name, "; delisted it" if delisted else "")
+        return m.ReplyUnpublish(filename=name, result=True)
 
     async def _register_chunks(self, conn: Connection, message: m.RequestChunkRegister) -> None:
         """REQUEST_CHUNK_REGISTER (no reply: the seed defines none; what makes no sense is ignored). A batch
@@ -295,6 +330,7 @@ def _location_reply(record: FileRecord, ranges: bool, hashes: bool = True) -> m.
         contentid=record.content_id,
         chunkranges=cast(dict[str, list[tuple[int, int]]], held) if ranges else None,
         publishers=sorted(str(a) for a in record.publishers) or None,
+        collection=record.collection,
     )
 
 

@@ -338,6 +338,8 @@ FILENAME_CARRIERS: dict[str, dict[str, Any]] = {
     "REQUEST_FILE_LOCATION": {},
     "REQUEST_CHUNK_REGISTER": {"chunknum": 0},
     "PEER_REQUEST_CHUNK": {"chunknum": 0},
+    "REQUEST_UNPUBLISH": {},
+    "REPLY_UNPUBLISH": {"result": True},
 }
 
 CHUNKNUM_CARRIERS: dict[str, dict[str, Any]] = {
@@ -653,3 +655,58 @@ def test_holder_runs_gives_runs_whichever_form_the_tracker_used() -> None:
     seed = decode(b'{"type":"REPLY_FILE_LOCATION","filename":"f","chunkinfo":{"h:1":[7,2,3,3,0,8],"h:2":[]}}')
     assert isinstance(seed, m.ReplyFileLocation)
     assert seed.holder_runs() == {"h:1": [(0, 1), (2, 4), (7, 9)], "h:2": []}
+
+
+# -- REQUEST_UNPUBLISH / REPLY_UNPUBLISH (extension) -----------------------------------------------------
+def test_unpublish_messages_round_trip_with_exact_keys() -> None:
+    request = m.RequestUnpublish(filename="model.ckpt")
+    assert wire(request) == {"type": "REQUEST_UNPUBLISH", "filename": "model.ckpt"}
+    done = m.ReplyUnpublish(filename="model.ckpt", result=True)
+    assert wire(done) == {"type": "REPLY_UNPUBLISH", "filename": "model.ckpt", "result": True}  # no message
+    refused = m.ReplyUnpublish(filename="model.ckpt", result=False, message="this peer does not hold 'model.ckpt'")
+    assert wire(refused) == {
+        "type": "REPLY_UNPUBLISH",
+        "filename": "model.ckpt",
+        "result": False,
+        "message": "this peer does not hold 'model.ckpt'",
+    }
+    for message in (request, done, refused):
+        assert decode(encode_body(message)) == message
+    # as PROTOCOL.md writes them, with an empty message and an unknown field too
+    assert decode(b'{"type":"REPLY_UNPUBLISH","filename":"a","result":true,"message":"","x":[1]}') == (
+        m.ReplyUnpublish(filename="a", result=True)
+    )
+    assert m.SEED_TYPES.count("REQUEST_UNPUBLISH") == 0  # an extension, not one of the seed's 12
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "REQUEST_UNPUBLISH"},
+        {"type": "REQUEST_UNPUBLISH", "filename": None},
+        {"type": "REQUEST_UNPUBLISH", "filename": 7},
+        {"type": "REQUEST_UNPUBLISH", "filename": ["a.bin"]},
+        {"type": "REQUEST_UNPUBLISH", "filename": "a\u202eb"},
+        {"type": "REPLY_UNPUBLISH", "filename": "a", "result": "yes"},
+        {"type": "REPLY_UNPUBLISH", "filename": "a", "result": 1},
+        {"type": "REPLY_UNPUBLISH", "filename": "a"},
+        {"type": "REPLY_UNPUBLISH", "result": True},
+        {"type": "REPLY_UNPUBLISH", "filename": "a", "result": False, "message": 5},
+        {"type": "REPLY_UNPUBLISH", "filename": "a", "result": False, "message": None},
+    ],
+    ids=[
+        "no filename",
+        "filename null",
+        "filename number",
+        "filename list",
+        "filename with a bidi override",
+        "result string",
+        "result number",
+        "reply without result",
+        "reply without filename",
+        "message number",
+        "message null",
+    ],
+)
+def test_hostile_unpublish_messages_are_protocol_errors(obj: dict[str, Any]) -> None:
+    assert_protocol_error(body_of(obj))

@@ -8,7 +8,13 @@ import pytest
 
 from p2pfs.address import Address
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
-from p2pfs.tracker.registry import MAX_PUBLISHED_CHUNKS_PER_PEER, ChunkSet, PublishRefused, Registry
+from p2pfs.tracker.registry import (
+    MAX_PUBLISHED_CHUNKS_PER_PEER,
+    ChunkSet,
+    PublishRefused,
+    Registry,
+    UnpublishRefused,
+)
 
 P1 = Address("10.0.0.1", 8001)
 P2 = Address("10.0.0.2", 8002)
@@ -200,6 +206,119 @@ def test_empty_file_stays_listed_while_its_publisher_is_there() -> None:
     assert reg.file_list() == {"empty": (0, 0)}
     assert reg.remove_peer(P1) == ["empty"]
     assert reg.file_list() == {}
+
+
+# -- unpublish --------------------------------------------------------------------------------------------
+HASHES = bytes(range(32)) * 4  # chunk hashes of a 4-chunk file, so a second publisher can join it
+
+
+def test_unpublish_by_one_of_two_complete_holders_keeps_the_file_listed() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB, HASHES)
+    reg.publish(P2, "a.bin", 4 * KiB, 4, KiB, HASHES)  # joins as a second complete holder
+    assert reg.unpublish(P1, "a.bin") is False  # not delisted
+    assert reg.file_list() == {"a.bin": (4 * KiB, 4)}
+    record = reg.locations("a.bin")
+    assert record is not None
+    assert record.holders == {P2: {0, 1, 2, 3}}
+    assert record.availability == [1, 1, 1, 1]
+    assert record.publishers == {P2}
+    assert P1 in reg.peers  # still registered: only its holding of a.bin is gone
+
+
+def test_unpublish_by_the_only_complete_holder_delists_it_even_with_partial_holders_left() -> None:
+    reg = registry(P1, P2, P3)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    reg.register_chunks(P2, "a.bin", [0, 1])
+    reg.register_chunks(P3, "a.bin", [1])  # nobody but P1 has chunks 2 and 3
+    records, bits = reg.holder_records, reg.holder_bits
+    assert reg.unpublish(P1, "a.bin") is True
+    assert reg.file_list() == {}
+    assert reg.locations("a.bin") is None
+    assert (reg.holder_records, reg.holder_bits, reg.listed_chunks) == (records - 3, bits - 12, 0)
+    # the name is free again, and the partial holders' stale records are gone with the file
+    reg.publish(P2, "a.bin", 2 * KiB, 2, KiB)
+    assert holders(reg, "a.bin") == {P2: {0, 1}}
+    assert reg.remove_peer(P3) == []
+
+
+def test_unpublish_keeps_a_file_whose_chunks_others_still_cover_in_pieces() -> None:
+    reg = registry(P1, P2, P3)
+    reg.publish(P1, "a.bin", 4 * KiB, 4, KiB)
+    reg.register_chunks(P2, "a.bin", [0, 1])
+    reg.register_chunks(P3, "a.bin", [2, 3])
+    assert reg.unpublish(P1, "a.bin") is False
+    assert holders(reg, "a.bin") == {P2: {0, 1}, P3: {2, 3}}
+    # a partial holder may unpublish too: its chunks go, and chunks 0 and 1 are left with no holder
+    assert reg.unpublish(P2, "a.bin") is True
+    assert reg.file_list() == {}
+
+
+def test_unpublish_of_an_empty_file_by_its_publisher_delists_it() -> None:
+    reg = registry(P1)
+    reg.publish(P1, "empty", 0, 0, KiB)
+    assert reg.unpublish(P1, "empty") is True
+    assert reg.file_list() == {}
+
+
+@pytest.mark.parametrize(
+    ("who", "name", "reason"),
+    [
+        (P2, "a.bin", "this peer does not hold 'a.bin'"),  # registered, listed file, holds none of it
+        (P1, "nope.bin", "'nope.bin' is not listed"),
+        (P3, "a.bin", "peer is not registered (send REQUEST_REGISTER first)"),
+    ],
+    ids=["not a holder", "not listed", "unregistered"],
+)
+def test_unpublish_of_what_the_peer_does_not_hold_is_refused(who: Address, name: str, reason: str) -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 2 * KiB, 2, KiB)
+    with pytest.raises(UnpublishRefused) as info:
+        reg.unpublish(who, name)
+    assert str(info.value) == reason
+    assert holders(reg, "a.bin") == {P1: {0, 1}}
+    assert reg.file_list() == {"a.bin": (2 * KiB, 2)}
+
+
+def test_unpublish_twice_is_refused_the_second_time() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 2 * KiB, 2, KiB)
+    reg.register_chunks(P2, "a.bin", [0, 1])
+    assert reg.unpublish(P2, "a.bin") is False
+    with pytest.raises(UnpublishRefused, match="does not hold"):
+        reg.unpublish(P2, "a.bin")
+    assert holders(reg, "a.bin") == {P1: {0, 1}}
+
+
+def test_unpublish_touches_only_the_senders_holding_of_that_file() -> None:
+    reg = registry(P1, P2)
+    reg.publish(P1, "a.bin", 3 * KiB, 3, KiB, HASHES[:96])
+    reg.publish(P2, "a.bin", 3 * KiB, 3, KiB, HASHES[:96])
+    reg.publish(P1, "b.bin", 2 * KiB, 2, KiB)
+    reg.register_chunks(P2, "b.bin", [1])
+    reg.publish(P2, "c.bin", KiB, 1, KiB)
+    assert reg.unpublish(P2, "a.bin") is False
+    assert holders(reg, "a.bin") == {P1: {0, 1, 2}}
+    assert holders(reg, "b.bin") == {P1: {0, 1}, P2: {1}}
+    assert holders(reg, "c.bin") == {P2: {0}}
+    b = reg.locations("b.bin")
+    assert b is not None and b.availability == [1, 2]
+    # P2 leaving later removes what it still holds, and only that: a.bin is not counted twice
+    assert reg.remove_peer(P2) == ["c.bin"]
+    a = reg.locations("a.bin")
+    assert a is not None and a.availability == [1, 1, 1]
+    assert holders(reg, "b.bin") == {P1: {0, 1}}
+    assert (reg.holder_records, reg.holder_bits) == (2, 5)
+
+
+def test_a_peer_can_publish_again_what_it_unpublished() -> None:
+    reg = registry(P1)
+    reg.publish(P1, "a.bin", 2 * KiB, 2, KiB)
+    assert reg.unpublish(P1, "a.bin") is True
+    reg.publish(P1, "a.bin", 2 * KiB, 2, KiB)
+    assert holders(reg, "a.bin") == {P1: {0, 1}}
+    assert reg.remove_peer(P1) == ["a.bin"]
+    assert (reg.holder_records, reg.holder_bits, reg.listed_chunks) == (0, 0, 0)
 
 
 # -- memory bounds -----------------------------------------------------------------------------------------
