@@ -15,8 +15,8 @@ from p2pfs.cli import config, render
 from p2pfs.cli.common import (
     UsageError,
     connect_tracker,
-    publish_line,
     security_of,
+    shared_line,
     start_peer,
     status_to_stderr,
     stop_on_signals,
@@ -39,6 +39,10 @@ def shows_progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and not getattr(args, "json", False)
 
 
+def warn_line(message: str) -> None:
+    print(f"p2pfs: warning: {literal(message)}", file=sys.stderr, flush=True)
+
+
 def fail_line(message: str) -> None:
     print(f"p2pfs: error: {literal(message)}", file=sys.stderr, flush=True)
 
@@ -52,10 +56,14 @@ async def run_share(args: argparse.Namespace) -> int:
     try:
         out(f"listening on {peer.address}")
         await connect_tracker(peer, trackers)
+        if args.name is not None and len(args.files) != 1:
+            raise UsageError("--name names one FILE or DIR; share several under their own names")
         with render.TransferDisplay(None if shows_progress(args) else False) as display:
             for path in args.files:
-                shared = await peer.publish(path, args.chunk_size, display.hashing(path.name))
-                out(publish_line(shared.name, shared.filesize, shared.chunk_count))
+                shared = await peer.publish(
+                    path, args.chunk_size, display.hashing(args.name or path.name), args.name, warn_line
+                )
+                out(shared_line(shared))
         out("serving; press Ctrl-C to stop")
         await stop.wait()
         return 0
@@ -199,6 +207,7 @@ def result_json(result: DownloadResult) -> dict[str, object]:
         "contentid": result.content_id,
         "resumed": result.resumed,
         "already": result.already,
+        **({"files": result.files} if result.files is not None else {}),
     }
 
 
@@ -222,7 +231,7 @@ async def run_ls(args: argparse.Namespace) -> int:
     elif not reply.filelist:
         say("no files published")
     else:
-        render.print_table(render.file_table(reply.filelist, reply.contentids))
+        render.print_table(render.file_table(reply.filelist, reply.contentids, reply.collections))
     return 0
 
 

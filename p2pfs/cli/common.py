@@ -18,9 +18,11 @@ from collections.abc import Callable
 from p2pfs import security
 from p2pfs.address import Address, parse_port
 from p2pfs.cli import config, render
+from p2pfs.collection.store import CollectionStore
 from p2pfs.errors import P2PFSError, TrackerUnavailable
 from p2pfs.net import describe_os_error
 from p2pfs.peer.node import Peer
+from p2pfs.peer.storage import ChunkFile
 from p2pfs.safetext import literal
 from p2pfs.security import Security
 from p2pfs.tracker.server import TrackerServer
@@ -167,8 +169,20 @@ async def start_peer(
     return peer
 
 
-def publish_line(name: str, filesize: int, chunk_count: int) -> str:
+def publish_line(name: str, filesize: int, chunk_count: int, files: int | None = None) -> str:
+    """`published NAME (SIZE, N chunks)`; a collection: `published NAME/ (F files, SIZE, N chunks)`."""
+    if files is not None:
+        return f"published {name}/ ({render.plural(files, 'file')}, {render.human_size(filesize)}, " + (
+            f"{render.plural(chunk_count, 'chunk')})"
+        )
     return f"published {name} ({render.human_size(filesize)}, {render.plural(chunk_count, 'chunk')})"
+
+
+def shared_line(shared: ChunkFile) -> str:
+    """The publish line of a file or a collection just published."""
+    if isinstance(shared, CollectionStore) and shared.header is not None:
+        return publish_line(shared.name, shared.header.size, shared.chunk_count, shared.header.files)
+    return publish_line(shared.name, shared.filesize, shared.chunk_count)
 
 
 def parse_port_arg(text: str) -> int:

@@ -58,8 +58,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
     add_security_options(p)
 
-    p = sub.add_parser("share", help="publish files, then serve them until interrupted")
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="local files to publish (each under its name)")
+    p = sub.add_parser("share", help="publish files and directory trees, then serve them until interrupted")
+    p.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="local files, or directories to publish as collections (each under its base name)",
+    )
+    p.add_argument("--name", help="publish the one PATH under this name instead")
     add_tracker_option(p)
     add_serving_options(p)
     p.add_argument(

@@ -30,6 +30,7 @@ from p2pfs.address import Address
 from p2pfs.peer.transfer import DownloadResult
 from p2pfs.peer.transfer import Progress as DownloadProgress
 from p2pfs.protocol import hashes
+from p2pfs.protocol.messages import Collection
 from p2pfs.safetext import literal
 
 # markup/emoji off: a str that slips through is still printed as written, not parsed (a name holding
@@ -52,9 +53,14 @@ def human_size(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def file_table(filelist: dict[str, tuple[int, int]], content_ids: dict[str, str] | None = None) -> Table:
+def file_table(
+    filelist: dict[str, tuple[int, int]],
+    content_ids: dict[str, str] | None = None,
+    collections: dict[str, Collection] | None = None,
+) -> Table:
     """The file list; `content id` is the publisher's (first 16 hex digits), or `unverified` for a file
-    published without chunk hashes (its chunks are checked only against each holder's own digest)."""
+    published without chunk hashes (its chunks are checked only against each holder's own digest). A
+    collection is shown as `NAME/` with its members' total size and file count."""
     table = Table(title=None, show_edge=False)
     # fold, not the default ellipsis: a long name is wrapped, never cut (two names that differ only at
     # the end must not look the same)
@@ -62,15 +68,23 @@ def file_table(filelist: dict[str, tuple[int, int]], content_ids: dict[str, str]
     table.add_column("size", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("chunks", justify="right")
+    if collections:
+        table.add_column("files", justify="right")
     table.add_column("content id", overflow="fold")
     for name, (size, chunks) in sorted(filelist.items()):
-        table.add_row(
-            remote_text(name),
+        collection = (collections or {}).get(name)
+        if collection is not None:
+            size = collection.size
+        row = [
+            remote_text(name + ("/" if collection is not None else ""), "bold blue" if collection else ""),
             Text(human_size(size)),
             Text(str(size)),
             Text(str(chunks)),
-            remote_text(hashes.short((content_ids or {}).get(name))),
-        )
+        ]
+        if collections:
+            row.append(Text(str(collection.files) if collection is not None else ""))
+        row.append(remote_text(hashes.short((content_ids or {}).get(name))))
+        table.add_row(*row)
     return table
 
 
@@ -97,8 +111,9 @@ def result_line(result: DownloadResult) -> str:
         )
     holders = ", ".join(f"{addr} {count}" for addr, count in result.sources.most_common())
     resumed = f"; {plural(result.resumed, 'chunk')} kept from an earlier attempt" if result.resumed else ""
+    files = f" ({plural(result.files, 'file')})" if result.files is not None else ""
     return (
-        f"downloaded {result.name} to {result.dest}: {human_size(result.filesize)} in {result.seconds:.2f} s "
+        f"downloaded {result.name}{files} to {result.dest}: {human_size(result.filesize)} in {result.seconds:.2f} s "
         f"({result.mib_per_s:.1f} MiB/s); content id {result.content_id or 'unverified'}; chunks from "
         f"{plural(len(result.sources), 'holder')}"
         + (f": {holders}" if holders else "")

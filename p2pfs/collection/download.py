@@ -66,7 +66,7 @@ async def download_collection(dl: Download, location: m.ReplyFileLocation, start
     finally:
         if not ok:
             dl.library.pop(dl.name, None)
-            if keep and store.have:
+            if keep and (store.have or part.candidates or logged):
                 part.keep_for_resume()
             else:
                 part.discard()

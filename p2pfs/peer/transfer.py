@@ -308,7 +308,7 @@ class Download:
         finally:
             if not ok:
                 self.library.pop(self.name, None)
-                if part.shared.have and resumable:
+                if (part.shared.have or part.candidates) and resumable:
                     part.keep_for_resume()
                 else:
                     part.discard()

@@ -869,14 +869,15 @@ def test_combined_raw_handshake_inside_tls(combined_swarm: Swarm, pki: Pki, serv
 
 # == 8. the peer shell =======================================================================================
 def shell_run(proc: Proc, command: str, marks: list[int]) -> list[str]:
-    """Send a command, then an unknown-command marker, and return the lines printed in between."""
+    """Send a command, then an unknown-command marker, and return the lines printed in between (results
+    from stdout, then errors from stderr, where the shell prints them)."""
     marks.append(len(marks))
     marker = f"__end_{len(marks)}__"
-    start = len(proc.stdout)
+    start, err_start = len(proc.stdout), len(proc.stderr)
     proc.send(command)
     proc.send(marker)
-    proc.expect(rf"^error: unknown command: {marker}\b", 60)
-    return proc.stdout[start:-1]
+    proc.expect_err(rf"^error: unknown command: {marker}\b", 60)
+    return proc.stdout[start:] + proc.stderr[err_start:-1]
 
 
 def test_peer_shell_with_a_secret_lists_downloads_and_serves(
@@ -921,7 +922,7 @@ def test_peer_shell_with_a_secret_lists_downloads_and_serves(
     assert fetched.read_bytes() == own.read_bytes()
 
     shell.send("exit")
-    assert shell.wait(20) == 0
+    assert shell.wait(20) == 1  # (the end-of-output markers are unknown commands: a failed command)
     assert not any("Traceback" in line for line in shell.stdout + shell.stderr), shell.stderr
 
 
@@ -937,7 +938,7 @@ def test_peer_shell_with_a_wrong_secret_says_so_in_one_line(
     out = shell_run(shell, "list_file", marks)
     assert len(out) == 1 and out[0].startswith("error: ") and NAME not in out[0], out
     shell.send("exit")
-    assert shell.wait(20) == 0
+    assert shell.wait(20) == 1  # (the end-of-output markers are unknown commands: a failed command)
     assert not any("Traceback" in line for line in shell.stdout + shell.stderr), shell.stderr
 
 
@@ -967,4 +968,4 @@ def test_peer_shell_reconnects_to_a_restarted_secret_tracker(
         "kept.bin": [CHUNK + 1, 1]  # (the shell publishes with the default 1 MiB chunks)
     }
     shell.send("exit")
-    assert shell.wait(20) == 0
+    assert shell.wait(20) == 1  # (the end-of-output markers are unknown commands: a failed command)
