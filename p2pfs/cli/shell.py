@@ -361,3 +361,8 @@ def say(text: str) -> None:
 def error(text: str) -> None:
     """Print one `error: ...` line on stderr, literal."""
     print(f"error: {literal(text)}", file=sys.stderr, flush=True)
+
+
+def warn(text: str) -> None:
+    """Print one `warning: ...` line on stderr, literal."""
+    print(f"warning: {literal(text)}", file=sys.stderr, flush=True)

@@ -15,12 +15,12 @@ from p2pfs.cli.common import (
     connect_tracker,
     listen,
     parse_port_arg,
-    publish_line,
     security_of,
+    shared_line,
     start_peer,
     stop_on_signals,
 )
-from p2pfs.cli.shell import PATH, Cancelled, Shell, error, say
+from p2pfs.cli.shell import PATH, Cancelled, Shell, error, say, warn
 from p2pfs.errors import P2PFSError
 from p2pfs.peer import destination, partfile, storage
 from p2pfs.peer.node import Peer
@@ -65,7 +65,8 @@ def tracker_shell(server: TrackerServer) -> Shell:
         if not files:
             say("no files published")
         else:
-            render.print_table(render.file_table(files, server.registry.content_ids()))
+            registry = server.registry
+            render.print_table(render.file_table(files, registry.content_ids(), registry.collections()))
 
     async def exit_() -> None:
         shell.running = False
@@ -114,8 +115,10 @@ def peer_shell(peer: Peer) -> Shell:
         say(f"connected to tracker {tracker}")
 
     async def publish(localfile: str) -> None:
-        shared = await peer.publish(Path(localfile))
-        say(publish_line(shared.name, shared.filesize, shared.chunk_count))
+        path = Path(localfile)
+        with render.TransferDisplay() as display:
+            shared = await peer.publish(path, on_progress=display.hashing(path.name), on_warning=warn)
+        say(shared_line(shared))
 
     async def list_file() -> None:
         reply = await peer.file_list()
@@ -123,7 +126,7 @@ def peer_shell(peer: Peer) -> Shell:
         if not reply.filelist:
             say("no files published")
         else:
-            render.print_table(render.file_table(reply.filelist, reply.contentids))
+            render.print_table(render.file_table(reply.filelist, reply.contentids, reply.collections))
 
     async def download(remote_file: str, local_path: str) -> None:
         verified = -1  # (chunks held, as the last progress report said; -1: none came)
