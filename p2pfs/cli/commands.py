@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from p2pfs.cli import config, render
 from p2pfs.cli.common import (
     UsageError,
@@ -219,9 +221,12 @@ def emit_json(obj: object) -> None:
 # -- ls ----------------------------------------------------------------------------------------------
 async def run_ls(args: argparse.Namespace) -> int:
     trackers = trackers_of(args)
-    peer = Peer(security=security_of(args))
+    peer = Peer(security=security_of(args), control=False)
+    collection = args.name or args.tree
     try:
         await connect_tracker(peer, trackers, register=False)
+        if collection is not None:
+            return await list_members(peer, collection, args.json)
         reply = await peer.file_list()
     finally:
         await peer.tracker.close()
@@ -232,6 +237,31 @@ async def run_ls(args: argparse.Namespace) -> int:
         say("no files published")
     else:
         render.print_table(render.file_table(reply.filelist, reply.contentids, reply.collections))
+    return 0
+
+
+async def list_members(peer: Peer, name: str, as_json: bool) -> int:
+    """`ls NAME`: the members of a collection, in manifest order, streamed from its checked manifest."""
+    manifest = await peer.manifest(name)
+    try:
+        h = manifest.header
+        if not as_json:
+            say(
+                f"{name}/: {render.plural(h.files, 'file')}, {render.plural(h.dirs, 'directory', 'directories')}"
+                f"{', ' + render.plural(h.links, 'link') if h.links else ''}, {render.human_size(h.size)}"
+            )
+        for entry in manifest.entries():
+            if as_json:
+                sys.stdout.write(json.dumps(msgspec.to_builtins(entry)) + "\n")
+            elif entry.type == "dir":
+                say(f"{'-':>10}  {entry.path}/")
+            elif entry.type == "link":
+                say(f"{'link':>10}  {entry.path} -> {entry.target}")
+            else:
+                say(f"{render.human_size(entry.size):>10}  {entry.path}{'  (executable)' if entry.x else ''}")
+        sys.stdout.flush()
+    finally:
+        manifest.close()
     return 0
 
 

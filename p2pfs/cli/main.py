@@ -96,9 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_quiet_option(p)
     add_security_options(p)
 
-    p = sub.add_parser("ls", help="list the files the tracker knows")
+    p = sub.add_parser("ls", help="list the files the tracker knows, or the members of a collection")
+    p.add_argument("name", nargs="?", metavar="NAME", help="a collection: list its members with their sizes")
+    p.add_argument("--tree", metavar="NAME", help="the same as ls NAME")
     add_tracker_option(p)
-    p.add_argument("--json", action="store_true", help="print {name: [filesize, totalchunknum]} as JSON")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print {name: [filesize, totalchunknum]} as JSON (with NAME: one JSON object per member)",
+    )
     add_security_options(p)
 
     p = sub.add_parser("verify", help="hash a local copy against a published file; name the chunks that differ")

@@ -121,9 +121,9 @@ def result_line(result: DownloadResult) -> str:
     )
 
 
-def plural(n: int, word: str) -> str:
-    """`1 chunk`, `2 chunks`, `0 holders`."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 chunk`, `2 chunks`, `0 holders` (`many`: the plural when it is not WORDs)."""
+    return f"{n} {word}" if n == 1 else f"{n} {many or word + 's'}"
 
 
 class BinarySpeedColumn(ProgressColumn):

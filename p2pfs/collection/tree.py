@@ -132,7 +132,7 @@ def open_to_publish(root: Path, name: str, chunk_size: int, warn: Warn) -> Colle
         raise StorageError(f"cannot open {root}: {exc.strerror}") from None
     manifest_fd = -1
     try:
-        manifest_fd = _anonymous_file()
+        manifest_fd = anonymous_file()
         header, index, manifest_size = build_manifest(root, name, manifest_fd, warn)
         filesize = padded(manifest_size, chunk_size) + index.size
         if storage.chunk_count_for(filesize, chunk_size) > MAX_CHUNKS:
@@ -149,7 +149,7 @@ def open_to_publish(root: Path, name: str, chunk_size: int, warn: Warn) -> Colle
     return store
 
 
-def _anonymous_file() -> int:
+def anonymous_file() -> int:
     """A read-write file with no name (gone when closed), in the temporary directory."""
     try:
         return os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)

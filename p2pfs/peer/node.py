@@ -11,6 +11,7 @@ from pathlib import Path
 
 from p2pfs.address import Address
 from p2pfs.collection import tree as collection_tree
+from p2pfs.collection.member import Manifest, fetch_manifest
 from p2pfs.collection.store import CollectionStore
 from p2pfs.errors import FileNotPublished, P2PFSError, ProtocolError, TrackerError, TrackerUnavailable
 from p2pfs.peer import hashing, storage
@@ -210,6 +211,11 @@ class Peer:
             raise FileNotPublished(f"{name!r} is not listed by the tracker")
         return info[0]
 
+    async def manifest(self, name: str) -> Manifest:
+        """Fetch and check the manifest of the collection `name` (not served; `close()` it after use)."""
+        dl = Download(self.tracker, self.library, name, Path("."), raw=self.raw, security=self.security, serve=False)
+        return await fetch_manifest(dl)
+
     async def file_list(self) -> m.ReplyFileList:
         return await self.tracker.file_list()
 
@@ -237,7 +243,7 @@ class Peer:
                 security=self.security,
                 force=force,
             ).run()
-            if result.content_id is not None:
+            if result.content_id is not None and name in self.library:
                 # Now a complete holder: publish (joining the listed file) so the tracker counts this copy
                 # whole even if a chunk registration was lost, or if the file was delisted meanwhile.
                 try:

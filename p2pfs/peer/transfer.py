@@ -202,9 +202,13 @@ class Download:
         raw: bool = True,
         security: Security = OPEN,
         force: bool = False,
+        serve: bool = True,
     ) -> None:
         #: replace a DEST that holds other bytes (never anything but a regular file)
         self.force = force
+        #: serve and register the chunks as they are verified (False: a private fetch, such as a
+        #: collection's manifest for `ls NAME`, or the chunks around one member)
+        self.serve = serve
         #: ask holders for the binary fast path (they answer base64 JSON if they do not know it)
         self.raw = raw
         self.security = security
@@ -252,6 +256,8 @@ class Download:
         #: set when the download cannot go on whatever the holders do (a chunk cannot be written)
         self._failure: P2PFSError | None = None
         self._content_id: str | None = None
+        #: this fetch wants only some of the chunks (no substitutes are asked for)
+        self._partial = False
 
     async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
         """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
@@ -279,6 +285,12 @@ class Download:
     async def run(self) -> DownloadResult:
         """Download one file to DEST (see p2pfs.peer.destination); a collection is handed to its driver."""
         started = time.monotonic()
+        if "/" in self.name:  # NAME/REL/PATH: one member of a collection
+            from p2pfs.collection.member import download_member, split_member
+
+            member = split_member(self.name)
+            assert member is not None
+            return await download_member(self, member[0], member[1], started)
         location, filesize, chunk_count, chunk_size = await self.locate()
         if location.collection is not None:
             from p2pfs.collection.download import download_collection
@@ -351,11 +363,14 @@ class Download:
                 resumed = part.keep_resumed(digests, self._expected)
             self._claimed = set(shared.have)
             self._bytes_done += sum(shared.chunk_length(c) for c in resumed)
-            self.library[self.name] = shared  # serve chunks while still downloading
-            if resumed:
+            if self.serve:
+                self.library[self.name] = shared  # serve chunks while still downloading
+            if resumed and self.serve:
                 log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
                 self.tracker.register_chunks(self.name, resumed)
-            self._picker = Picker(chunk_count, have=set(shared.have).union(skip))
+            skipped = set(skip)
+            self._partial = bool(skipped)
+            self._picker = Picker(chunk_count, have=set(shared.have).union(skipped))
             # the tracker pushes news since the location request; they are applied from now on (the
             # reply covered what came before)
             self.tracker.watch(self.name, self._on_update)
@@ -551,7 +566,7 @@ class Download:
         """If the tracker lists fewer of our chunks than we hold (it restarted, or our registrations
         arrived before the file was listed again), register the missing ones in one batch."""
         shared = self._file
-        if shared is None or not shared.have or self.self_address is None:
+        if shared is None or not shared.have or self.self_address is None or not self.serve:
             return
         # (the chunks verified and held: the picker's `have` also counts the chunks this fetch skips)
         have = ChunkSet.from_numbers(shared.chunk_count, shared.have)
@@ -682,7 +697,8 @@ class Download:
                     if not outstanding:
                         holder.meter.start(time.monotonic())
                     # only a publisher super-seeds: nobody else is allowed to answer with another chunk
-                    substitute = self.raw and holder.address in self._publishers
+                    # (and not in a fetch of some chunks only: a substitute could be one we do not want)
+                    substitute = self.raw and holder.address in self._publishers and not self._partial
                     holder.conn.send(
                         m.PeerRequestChunk(
                             filename=self.name, chunknum=chunk, raw=self.raw, substitute=substitute
@@ -861,7 +877,8 @@ class Download:
         shared.mark(chunk, digest)
         self._bytes_done += length
         self.sources[holder.address] += 1
-        self.tracker.register_chunk(self.name, chunk)
+        if self.serve:
+            self.tracker.register_chunk(self.name, chunk)
         self._notify()
         self._report()
 
