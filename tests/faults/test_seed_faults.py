@@ -131,7 +131,7 @@ def test_tracker_restart_then_connect_again(tmp_path: Path, procs: Callable[...,
     peer.expect("no files published")
     tracker_proc.kill9()
     peer.send("list_file")
-    peer.expect(r"^error: .*(not connected|unreachable)")
+    peer.expect_err(r"^error: .*(not connected|unreachable)")
     restarted = procs("tracker", "--host", "127.0.0.1", "--port", port, "--no-shell")
     restarted.listening()
     peer.send(f"connect {host} {port}")
