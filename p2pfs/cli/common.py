@@ -19,7 +19,7 @@ from p2pfs import security
 from p2pfs.address import Address, parse_port
 from p2pfs.cli import config, render
 from p2pfs.collection.store import CollectionStore
-from p2pfs.errors import P2PFSError, TrackerUnavailable
+from p2pfs.errors import P2PFSError
 from p2pfs.net import describe_os_error
 from p2pfs.peer.node import Peer
 from p2pfs.peer.storage import ChunkFile
@@ -99,22 +99,8 @@ def trackers_of(args: argparse.Namespace) -> list[Address]:
 
 
 async def connect_tracker(peer: Peer, trackers: list[Address], register: bool = True) -> Address:
-    """Connect to the first tracker of `trackers` that answers (registering the peer unless not
-    `register`); the error of the last one if none does."""
-    last: P2PFSError | None = None
-    for tracker in trackers:
-        try:
-            if register:
-                await peer.connect(tracker)
-            else:
-                await peer.tracker.connect(tracker, None)
-            return tracker
-        except TrackerUnavailable as exc:
-            last = exc
-            if len(trackers) > 1:
-                log.info("tracker %s unavailable: %s", tracker, exc)
-    assert last is not None
-    raise last
+    """The first of `trackers` that answers (see Peer.connect_first)."""
+    return await peer.connect_first(trackers, register)
 
 
 def security_of(args: argparse.Namespace) -> Security:

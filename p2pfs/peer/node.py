@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from p2pfs.address import Address
@@ -84,6 +84,26 @@ class Peer:
         assert self.address is not None, "start() first"
         await self.tracker.connect(tracker, self.address)
         await self.announce()
+
+    async def connect_first(self, trackers: Sequence[Address], register: bool = True) -> Address:
+        """Connect to the first of `trackers` that answers (registering, and announcing what this peer
+        holds, unless not `register`: then only to ask, as `p2pfs ls` does); the tracker used. The last
+        one's TrackerUnavailable if none answers."""
+        last: TrackerUnavailable | None = None
+        for tracker in trackers:
+            try:
+                if register:
+                    await self.connect(tracker)
+                else:
+                    await self.tracker.connect(tracker, None)
+                return tracker
+            except TrackerUnavailable as exc:
+                last = exc
+                if len(trackers) > 1:
+                    log.info("tracker %s unavailable: %s", tracker, exc)
+        if last is None:
+            raise TrackerUnavailable("no tracker given")
+        raise last
 
     async def announce(self) -> None:
         """Publish every whole file again and register the chunks of unfinished downloads (batch form)."""
