@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import (
+    collections,
     hashing,
     hostile_latency,
     libtorrent_side,
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, Callable[[Context], None]] = {
     "one_to_one": one_to_one.run,
     "tls": tls.run,
     "hashing": hashing.run,
+    "collections": collections.run,
     "hostile": hostile_latency.run,
     "swarm": swarm.run,
     "memory": memory.run,

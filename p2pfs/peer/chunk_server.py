@@ -76,8 +76,11 @@ class ChunkServer(FrameServer):
     def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk, connection_id: int) -> None:
         shared = self.library.get(request.filename)
         chunk = request.chunknum
-        if request.substitute and self.super_seeder is not None and shared is not None and shared.origin:
-            chunk = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id)
+        if self.super_seeder is not None and shared is not None and shared.origin:
+            if request.substitute:
+                chunk = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id)
+            else:
+                self.super_seeder.sent(shared.name, shared.chunk_count, chunk, connection_id)
         reply = self._chunk_reply(shared, request.filename, chunk)
         if isinstance(reply, m.Error):
             conn.send(reply)

@@ -51,13 +51,27 @@ class SuperSeeder:
         else:
             send = state.unsent.choice(self.rng)
             self.substituted += 1
-        if state.sent_to[send] == 0:
-            state.sent_to[send] = requester
-            state.unsent.discard(send)
+        self._mark(name, state, send, requester)
+        return send
+
+    def sent(self, name: str, chunk_count: int, chunk: int, requester: int) -> None:
+        """`chunk` was sent as asked to a request that allowed no substitute: it has left the origin, so
+        it is never substituted in place of another (a downloader that fetched a collection's manifest
+        chunks plainly must not be sent them again as substitutes)."""
+        if name in self._done or not 0 <= chunk < chunk_count:
+            return
+        state = self._files.get(name)
+        if state is None:
+            state = self._files[name] = _FileState(chunk_count)
+        self._mark(name, state, chunk, requester)
+
+    def _mark(self, name: str, state: _FileState, chunk: int, requester: int) -> None:
+        if state.sent_to[chunk] == 0:
+            state.sent_to[chunk] = requester
+            state.unsent.discard(chunk)
             if not state.unsent:
                 del self._files[name]
                 self._done.add(name)
-        return send
 
     def forget(self, name: str) -> None:
         """The file is no longer served (or was published again): start over."""

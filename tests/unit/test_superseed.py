@@ -42,3 +42,14 @@ def test_files_are_independent_and_forget_starts_over() -> None:
     assert s.unsent("a", 2) == 2
     assert s.choose("a", 2, 0, requester=2) == 0
     assert s.choose("a", 2, 5, requester=2) == 5  # out of range: left to the server to refuse
+
+
+def test_a_chunk_sent_as_asked_is_never_substituted_later() -> None:
+    # A collection's manifest chunks are fetched without `substitute`; a later request that allows one
+    # must not be answered with them (the requester has them: four such replies drop the holder).
+    seeder = SuperSeeder(random.Random(1))
+    for chunk in range(3):
+        seeder.sent("c", 10, chunk, requester=1)
+    seeder.choose("c", 10, 5, requester=2)  # chunk 5 leaves
+    substitutes = {seeder.choose("c", 10, 5, requester=1) for _ in range(6)}
+    assert substitutes.isdisjoint({0, 1, 2})
