@@ -180,8 +180,8 @@ class Checker:
         h = self.header
         if (self.files, self.dirs, self.links, self.size) != (h.files, h.dirs, h.links, h.size):
             raise ManifestError(
-                f"the manifest lists {self.files} files, {self.dirs} directories, {self.links} links and "
-                f"{self.size} bytes; its header says {h.files}, {h.dirs}, {h.links} and {h.size}"
+                f"the manifest lists {self.files} file(s), {self.dirs} directory(ies), {self.links} link(s) "
+                f"and {self.size} bytes; its header says {h.files}, {h.dirs}, {h.links} and {h.size}"
             )
 
 

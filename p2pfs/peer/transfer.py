@@ -185,6 +185,9 @@ class _Holder:
     task: asyncio.Task[None] | None = None
     #: its latest replies in a row that were useless substitutes (see USELESS_REPLY_LIMIT)
     useless: int = 0
+    #: chunks it answered with ERROR: asked again (the tracker may list them again), a second ERROR for
+    #: the same chunk drops the holder, so a holder that cannot read a chunk cannot keep a download busy
+    refused: set[int] = field(default_factory=set)
 
 
 class Download:
@@ -738,6 +741,9 @@ class Download:
         shared, pool, executor = self._file, self._pool, self._executor
         assert shared is not None and pool is not None and executor is not None
         if isinstance(reply, m.Error):
+            if chunk in holder.refused:
+                raise PeerUnavailable(f"answered chunk {chunk} with ERROR twice ({reply.message})")
+            holder.refused.add(chunk)
             log.info("holder %s cannot give chunk %d: %s", holder.address, chunk, reply.message)
             self._picker.failed(chunk, holder.address)
             self._notify()

@@ -87,3 +87,16 @@ async def test_the_same_download_succeeds_when_nothing_fails(swarm: tuple[Peer, 
         result = await getter.download("f.bin", dest)
     assert dest.read_bytes() == (tmp_path / "f.bin").read_bytes()
     assert sum(result.sources.values()) == CHUNKS
+
+
+async def test_a_holder_that_cannot_read_a_chunk_ends_the_download_instead_of_looping(
+    swarm: tuple[Peer, Path],
+) -> None:
+    # The shared file shrinks on disk: its only holder answers ERROR for the chunks past the new end,
+    # and the tracker keeps listing them. The download must end (no holder left), not ask forever.
+    getter, tmp_path = swarm
+    os.truncate(tmp_path / "f.bin", 10 * CHUNK)
+    async with asyncio.timeout(HANG_GUARD):
+        with pytest.raises(P2PFSError, match=r"no holder left for 14 chunks \(10-23\)"):
+            await getter.download("f.bin", tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
