@@ -18,7 +18,6 @@ from p2pfs.peer import hashing, storage
 from p2pfs.peer.chunk_server import ChunkServer
 from p2pfs.peer.control import ControlServer
 from p2pfs.peer.storage import ChunkFile, StorageError
-from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.peer.tracker_client import TrackerClient
 from p2pfs.peer.transfer import Download, DownloadResult, Progress
 from p2pfs.protocol import hashes
@@ -294,12 +293,8 @@ class Peer:
         del self.library[name]
         shared.close()
         seeder = self.server.super_seeder
-        if shared.origin and seeder is not None:
-            # SuperSeeder keeps state by name and cannot forget one: start afresh, so a file published
-            # again under this name is super-seeded from scratch (the others merely start over).
-            fresh = SuperSeeder(seeder.rng)
-            fresh.substituted = seeder.substituted
-            self.server.super_seeder = fresh
+        if seeder is not None:
+            seeder.forget(name)  # (a file published again under this name is super-seeded afresh)
         if not self.tracker.connected:
             return
         try:
