@@ -408,7 +408,7 @@ async def get(
             f"{name!r} is one member of a collection: only whole files and collections can be seeded"
         )
     settings = _settings(tracker, secret_file, tls_cert, tls_key, tls_ca)
-    target = Path(dest) if dest is not None else Path(name)
+    target = Path(dest) if dest is not None else Path(name.rpartition("/")[2])  # (a member: ./BASENAME)
     peer = await _start_peer(host, port, settings.security)
     try:
         await _connect(peer, settings.trackers)

@@ -132,7 +132,7 @@ async def run_get(args: argparse.Namespace) -> int:
 
             async def get_one(name: str) -> bool:
                 async with jobs:
-                    target = dest if dest is not None else Path(name)
+                    target = dest if dest is not None else Path(name.rpartition("/")[2])  # (a member: ./BASENAME)
                     on_progress = JsonProgress().update if args.json else display.download(name)
                     try:
                         result = await peer.download(name, target, on_progress, force=args.force)

@@ -507,3 +507,35 @@ def test_benign_manifest_from_the_evil_publisher_is_fetched(
         "b": ("file", 3, b"abc", False),
         "c": ("link", "b"),
     }
+
+
+# -- one member, and the member list ---------------------------------------------------------------------
+def test_one_member_is_fetched_alone_and_ls_lists_the_members(
+    shared_tree: tuple[Path, Proc, str], taddr: str, out: Path
+) -> None:
+    src, _, _ = shared_tree
+    # a member spanning several chunks, into a directory; an executable; a small one, default DEST ./BASENAME
+    done = get_done(taddr, "tree/big.bin", out)
+    assert (out / "big.bin").read_bytes() == (src / "big.bin").read_bytes()
+    assert done["name"] == "tree/big.bin" and done["filesize"] == (src / "big.bin").stat().st_size
+    got = get(taddr, "tree/run.sh", str(out / "r.sh"))
+    assert got.returncode == 0, got.stderr
+    assert (out / "r.sh").read_bytes() == (src / "run.sh").read_bytes()
+    assert (out / "r.sh").stat().st_mode & 0o111
+    got = run("get", "tree/ünï cödé/with space.txt", "--tracker", taddr, "--host", "127.0.0.1", cwd=out)
+    assert got.returncode == 0, got.stderr
+    assert (out / "with space.txt").read_bytes() == (src / "ünï cödé" / "with space.txt").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["big.bin", "r.sh", "with space.txt"]  # no .part left
+    # a directory or a name that is not a member: one line each
+    assert "is a directory" in one_error_line(get(taddr, "tree/a/b", str(out / "x")))
+    assert "has no member" in one_error_line(get(taddr, "tree/nope.txt", str(out / "x")))
+    # ls NAME: every member with its size, in manifest order; --json: one object per entry
+    listed = run("ls", "tree", "--tracker", taddr)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].startswith("tree/: ")
+    assert any(line.endswith("  big.bin") for line in listed.stdout.splitlines())
+    entries = [json.loads(line) for line in run("ls", "tree", "--json", "--tracker", taddr).stdout.splitlines()]
+    paths = [e["path"] for e in entries]
+    want = sorted(expected_tree(src), key=lambda p: [c.encode() for c in p.split("/")])
+    assert paths == want
+    assert next(e for e in entries if e["path"] == "run.sh").get("x") is True
