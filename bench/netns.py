@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Self
 
 from bench.common import BenchError, Proc, child_env
+from p2pfs.peer.control import pid_alive
 
 SUBNET = "10.77.0"
 #: tbf parameters besides the rate. A raw TCP transfer through one shaped veth measured 95.6 Mbit/s of
@@ -124,16 +125,6 @@ def namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _kill_in_namespace(ns: str) -> None:
     """SIGKILL every process still running in namespace `ns` (all of them were started by a testbed)."""
     out = _ip_cmd("netns", "pids", ns, check=False).stdout
@@ -157,7 +148,7 @@ def remove_stale(family: str, own_prefix: str | None = None) -> list[str]:
         match = rx.match(ns)
         if match is None:
             continue
-        if (own_prefix is not None and ns.startswith(own_prefix + "-")) or not _pid_alive(
+        if (own_prefix is not None and ns.startswith(own_prefix + "-")) or not pid_alive(
             int(match.group(1))
         ):
             delete_namespace(ns)

@@ -32,13 +32,14 @@ def tree_destination(dest: Path, name: str) -> Path:
     return final
 
 
-async def download_collection(dl: Download, location: m.ReplyFileLocation, started: float) -> DownloadResult:
+async def download_collection(
+    dl: Download, location: m.ReplyFileLocation, filesize: int, chunk_count: int, chunk_size: int, started: float
+) -> DownloadResult:
+    """Fetch the collection `dl.name` (located by `dl.locate()`) to `dl.dest`."""
     info = location.collection
     assert info is not None
-    if location.contentid is None or dl._expected is None:
+    if location.contentid is None or dl.expected is None:
         raise ProtocolError(f"tracker listed the collection {dl.name!r} without its chunk hashes")
-    filesize, chunk_count = location.fileinfo or await dl._fileinfo_from_list()
-    chunk_size = location.chunksize or 0
     final = tree_destination(dl.dest, dl.name)
     part = CollectionPart.open_collection(final, dl.name, filesize, chunk_size, location.contentid, info.manifestsize)
     store = part.shared

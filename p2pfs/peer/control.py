@@ -147,7 +147,8 @@ def check_dir(directory: Path, create: bool) -> bool:
     return True
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (signal 0; another user's process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -299,7 +300,7 @@ async def live_peers() -> list[LivePeer]:
         try:
             status = await _request(path, ControlStatus(), STATUS_TIMEOUT)
         except (ConnectionRefusedError, FileNotFoundError):
-            if not _pid_alive(int(match.group(1))):
+            if not pid_alive(int(match.group(1))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                 log.info("removed stale control socket %s", path)

@@ -241,7 +241,8 @@ class Download:
         self._picker: Picker[Address] = Picker(0)
         self._file: ChunkFile | None = None
         self._part: Part | None = None
-        self._expected: list[str] | None = None
+        #: the publisher's hash of every chunk (None: a seed-only publisher gave none)
+        self.expected: list[str] | None = None
         #: holders that misbehaved (see Misbehaving): never asked again during this download
         self._banned: set[Address] = set()
         self._bytes_done = 0
@@ -259,8 +260,9 @@ class Download:
         #: set when the download cannot go on whatever the holders do (a chunk cannot be written)
         self._failure: P2PFSError | None = None
         self._content_id: str | None = None
-        #: this fetch wants only some of the chunks (no substitutes are asked for)
+        #: this fetch wants only some of the chunks (no substitutes are asked for): the others, skipped
         self._partial = False
+        self._skipped = ChunkSet(0)
 
     async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
         """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
@@ -282,7 +284,7 @@ class Download:
             raise ProtocolError(f"tracker gave {len(expected)} chunk hashes for {chunk_count} chunks")
         if location.chunkhashes and location.contentid not in (None, hashes.content_id(location.chunkhashes)):
             raise ProtocolError(f"tracker gave chunk hashes that do not match the content id of {self.name!r}")
-        self._expected = expected
+        self.expected = expected
         return location, filesize, chunk_count, chunk_size
 
     async def run(self) -> DownloadResult:
@@ -298,7 +300,7 @@ class Download:
         if location.collection is not None:
             from p2pfs.collection.download import download_collection
 
-            return await download_collection(self, location, started)
+            return await download_collection(self, location, filesize, chunk_count, chunk_size, started)
         dest, existing = destination.resolve(self.dest, self.name)
         if existing is not None:
             held = await self._check_existing(dest, existing.st_size, filesize, chunk_size)
@@ -363,7 +365,7 @@ class Download:
                     self._hash_progress("resume", chunk_count),
                     reader=shared.read_into,
                 )
-                resumed = part.keep_resumed(digests, self._expected)
+                resumed = part.keep_resumed(digests, self.expected)
             self._claimed = set(shared.have)
             self._bytes_done += sum(shared.chunk_length(c) for c in resumed)
             if self.serve:
@@ -371,9 +373,9 @@ class Download:
             if resumed and self.serve:
                 log.info("resuming %s: %d of %d chunks already verified", self.name, len(resumed), chunk_count)
                 self.tracker.register_chunks(self.name, resumed)
-            skipped = set(skip)
-            self._partial = bool(skipped)
-            self._picker = Picker(chunk_count, have=set(shared.have).union(skipped))
+            self._skipped = ChunkSet.from_numbers(chunk_count, skip)
+            self._partial = bool(self._skipped)
+            self._picker = Picker(chunk_count, have=set(shared.have).union(self._skipped))
             # the tracker pushes news since the location request; they are applied from now on (the
             # reply covered what came before)
             self.tracker.watch(self.name, self._on_update)
@@ -398,7 +400,7 @@ class Download:
     ) -> ChunkFile | None:
         """DEST is a regular file already: if its bytes are the published ones, return it opened as a held
         file (nothing to fetch); if not, refuse unless --force (then None: download and replace it)."""
-        expected = self._expected
+        expected = self.expected
         if expected is None:
             if self.force:
                 return None
@@ -568,11 +570,11 @@ class Download:
     def _reregister_missing(self, holder_runs: dict[str, list[tuple[int, int]]]) -> None:
         """If the tracker lists fewer of our chunks than we hold (it restarted, or our registrations
         arrived before the file was listed again), register the missing ones in one batch."""
-        shared = self._file
-        if shared is None or not shared.have or self.self_address is None or not self.serve:
+        have = self._picker.have
+        if not have or self.self_address is None or not self.serve:
             return
-        # (the chunks verified and held: the picker's `have` also counts the chunks this fetch skips)
-        have = ChunkSet.from_numbers(shared.chunk_count, shared.have)
+        if self._partial:  # (the picker counts the chunks this fetch skips as had: they are not held)
+            have = have.difference(self._skipped)
         listed = ChunkSet.from_runs(have.size, holder_runs.get(str(self.self_address), ()))
         missing = have.difference(listed)
         if missing:
@@ -800,7 +802,7 @@ class Download:
         if holder.meter.rate is not None:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
         # The publisher's hash is the truth when the tracker has it; else the seed's rule: the reply's digest.
-        want = self._expected[chunk] if self._expected is not None else reply.digest.lower()
+        want = self.expected[chunk] if self.expected is not None else reply.digest.lower()
         future = asyncio.get_running_loop().run_in_executor(
             executor, self._verify_and_write, chunk, data, want
         )

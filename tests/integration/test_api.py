@@ -19,6 +19,7 @@ import pytest
 
 import p2pfs
 from p2pfs.address import Address
+from tests import cli_env
 from tests.procs import Proc, make_file
 
 CHUNK = 64 * 1024
@@ -26,6 +27,7 @@ SIZE = 300_000  # 5 chunks of 64 KiB, the last one short
 ROOT = Path(__file__).resolve().parents[2]
 
 # settings a user's environment could carry in (the session fixture clears most of them already)
+CLEARED_ENV = (*cli_env.CLEARED_ENV, "P2PFS_WIRE")
 CLEARED_ENV = (
     "P2PFS_TRACKER",
     "P2PFS_CONFIG",
