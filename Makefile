@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean lint faults bench swarm
+.PHONY: demo test install clean lint faults bench swarm sysdeps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m p2pfs.demo
 
-test: $(STAMP)
+# System packages for the real-part tests (Redis, Chromium, FUSE): installed where root and apt allow,
+# otherwise those tests skip with a one-line reason.
+sysdeps:
+	-@bash scripts/sysdeps.sh
+
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 faults: $(STAMP)

@@ -167,6 +167,9 @@ class _Settings:
     trackers: list[Address]
     security: Security
     chunk_size: int
+    #: rate limits from P2PFS_MAX_UPLOAD_RATE/P2PFS_MAX_DOWNLOAD_RATE or the config file (None: none)
+    max_upload_rate: int | None = None
+    max_download_rate: int | None = None
 
 
 def parse_trackers(tracker: TrackerArg) -> list[Address]:
@@ -220,6 +223,8 @@ def _settings(
         tls_key=_optional_path(tls_key),
         tls_ca=_optional_path(tls_ca),
         chunk_size=chunk_size,
+        max_upload_rate=None,
+        max_download_rate=None,
     )
     config.resolve(args, {"chunk_size": DEFAULT_CHUNK_SIZE})
     if not args.tracker:
@@ -228,16 +233,29 @@ def _settings(
             f'no tracker given: pass tracker="HOST:PORT", set P2PFS_TRACKER, or put tracker = "HOST:PORT" in {path}'
         )
     loaded = security.load(args.secret_file, args.tls_cert, args.tls_key, args.tls_ca)
-    return _Settings(list(args.tracker), loaded, int(args.chunk_size))
+    return _Settings(
+        list(args.tracker),
+        loaded,
+        int(args.chunk_size),
+        args.max_upload_rate or None,
+        args.max_download_rate or None,
+    )
 
 
 # -- the peer ------------------------------------------------------------------------------------------
-async def _start_peer(host: str, port: int, security: Security) -> Peer:
+async def _start_peer(host: str, port: int, settings: _Settings) -> Peer:
     try:
         port = parse_port(port)
     except ValueError as exc:
         raise InvalidArgument(str(exc)) from None
-    peer = Peer(host, port, raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json", security=security)
+    peer = Peer(
+        host,
+        port,
+        raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json",
+        security=settings.security,
+        max_upload_rate=settings.max_upload_rate,
+        max_download_rate=settings.max_download_rate,
+    )
     try:
         await peer.start()
     except OSError as exc:
@@ -283,7 +301,7 @@ async def start_share(
     if name is not None and len(path_list) != 1:
         raise InvalidArgument("name= names one path; share several paths under their own names")
     settings = _settings(tracker, secret_file, tls_cert, tls_key, tls_ca, chunk_size)
-    peer = await _start_peer(host, port, settings.security)
+    peer = await _start_peer(host, port, settings)
     try:
         await _connect(peer, settings.trackers)
         names = []
@@ -409,7 +427,7 @@ async def get(
         )
     settings = _settings(tracker, secret_file, tls_cert, tls_key, tls_ca)
     target = Path(dest) if dest is not None else Path(name.rpartition("/")[2])  # (a member: ./BASENAME)
-    peer = await _start_peer(host, port, settings.security)
+    peer = await _start_peer(host, port, settings)
     try:
         await _connect(peer, settings.trackers)
         result = await _download(peer, name, target, progress, force)

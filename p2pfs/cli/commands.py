@@ -17,6 +17,7 @@ from p2pfs.cli import config, render
 from p2pfs.cli.common import (
     UsageError,
     connect_tracker,
+    rates_of,
     security_of,
     shared_line,
     start_peer,
@@ -52,7 +53,7 @@ def fail_line(message: str) -> None:
 # -- share -------------------------------------------------------------------------------------------
 async def run_share(args: argparse.Namespace) -> int:
     trackers = trackers_of(args)
-    peer = await start_peer(args.host, args.port, security_of(args))
+    peer = await start_peer(args.host, args.port, security_of(args), **rates_of(args))
     stop = stop_on_signals()
     out = (lambda line: None) if args.quiet else say
     try:
@@ -115,7 +116,7 @@ async def run_get(args: argparse.Namespace) -> int:
         on_status = lambda line: emit_json({"event": "tracker", "message": line})
     else:
         on_status = status_to_stderr
-    peer = await start_peer(args.host, args.port, security_of(args), on_status)
+    peer = await start_peer(args.host, args.port, security_of(args), on_status, **rates_of(args))
     failed = 0
     try:
         await connect_tracker(peer, trackers)

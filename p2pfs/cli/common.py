@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import TypedDict
 
 from p2pfs import security
 from p2pfs.address import Address, parse_port
@@ -137,8 +138,32 @@ def status_to_stderr(line: str) -> None:
     print(f"p2pfs: {literal(line)}", file=sys.stderr, flush=True)
 
 
+def rate(text: str) -> int:
+    """`--max-upload-rate`/`--max-download-rate`: bytes per second, K/M/G suffixes 1024-based (as
+    aria2c); 0 for no limit."""
+    return byte_size(text)
+
+
+class Rates(TypedDict):
+    max_upload_rate: int | None
+    max_download_rate: int | None
+
+
+def rates_of(args: argparse.Namespace) -> Rates:
+    """The rate limits in effect for a serving command (flags, env, config file; see cli.config)."""
+    return {
+        "max_upload_rate": getattr(args, "max_upload_rate", None) or None,
+        "max_download_rate": getattr(args, "max_download_rate", None) or None,
+    }
+
+
 async def start_peer(
-    host: str, port: int, security: Security, on_tracker_status: Callable[[str], None] = status_to_stderr
+    host: str,
+    port: int,
+    security: Security,
+    on_tracker_status: Callable[[str], None] = status_to_stderr,
+    max_upload_rate: int | None = None,
+    max_download_rate: int | None = None,
 ) -> Peer:
     peer = Peer(
         host,
@@ -147,6 +172,8 @@ async def start_peer(
         on_tracker_status=on_tracker_status,
         raw=os.environ.get("P2PFS_WIRE", "").strip().lower() != "json",
         security=security,
+        max_upload_rate=max_upload_rate,
+        max_download_rate=max_download_rate,
     )
     try:
         await peer.start()

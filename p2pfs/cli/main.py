@@ -18,6 +18,7 @@ from p2pfs.cli.common import (
     add_security_options,
     byte_size,
     port_number,
+    rate,
     tracker_addresses,
 )
 from p2pfs.errors import P2PFSError, TrackerUnavailable
@@ -139,6 +140,19 @@ def add_serving_options(p: argparse.ArgumentParser) -> None:
         "--host", default=DEFAULT_HOST, help=f"address to serve chunks to other peers on (default {DEFAULT_HOST})"
     )
     p.add_argument("--port", type=port_number, default=0, help="port to serve chunks on (default 0: any free port)")
+    add_rate_options(p)
+
+
+def add_rate_options(p: argparse.ArgumentParser) -> None:
+    """--max-upload-rate and --max-download-rate: caps over all of the process's transfers."""
+    for way, verb in (("upload", "send"), ("download", "fetch")):
+        p.add_argument(
+            f"--max-{way}-rate",
+            type=rate,
+            metavar="RATE",
+            help=f"{verb} at most RATE bytes per second over all transfers, K/M/G suffixes (1024-based; "
+            f"0: no limit); env P2PFS_MAX_{way.upper()}_RATE, config max_{way}_rate",
+        )
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:

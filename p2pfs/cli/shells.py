@@ -15,6 +15,7 @@ from p2pfs.cli.common import (
     connect_tracker,
     listen,
     parse_port_arg,
+    rates_of,
     security_of,
     shared_line,
     start_peer,
@@ -80,7 +81,7 @@ def tracker_shell(server: TrackerServer) -> Shell:
 
 # -- peer --------------------------------------------------------------------------------------------
 async def run_peer(args: argparse.Namespace) -> int:
-    peer = await start_peer(args.host, args.port, security_of(args), say)
+    peer = await start_peer(args.host, args.port, security_of(args), say, **rates_of(args))
     stop = stop_on_signals() if args.no_shell else None
     try:
         say(f"listening on {peer.address}")

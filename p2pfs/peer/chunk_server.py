@@ -16,6 +16,7 @@ from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import MAX_CHUNK_SERVER_FRAME
+from p2pfs.ratelimit import RateLimit
 from p2pfs.security import OPEN, Security
 from p2pfs.server import FrameServer
 
@@ -39,6 +40,7 @@ class ChunkServer(FrameServer):
         raw: bool = True,
         super_seed: bool = True,
         security: Security = OPEN,
+        upload: RateLimit | None = None,
     ) -> None:
         super().__init__(
             security,
@@ -51,6 +53,8 @@ class ChunkServer(FrameServer):
         self.raw = raw
         #: test-only: seconds to wait before each chunk reply (emulates a slow or distant holder)
         self.delay = delay
+        #: the process's upload cap (--max-upload-rate), shared with its other chunk servers; None: none
+        self.upload = upload
         #: sends every chunk of a file this peer published once before any twice (see superseed)
         self.super_seeder: SuperSeeder | None = SuperSeeder() if super_seed else None
         self._connection_ids = itertools.count(1)
@@ -71,9 +75,9 @@ class ChunkServer(FrameServer):
         connection_id = self._connection_id.get(conn)
         if connection_id is None:
             connection_id = self._connection_id[conn] = next(self._connection_ids)
-        self._send_chunk(conn, message, connection_id)
+        await self._send_chunk(conn, message, connection_id)
 
-    def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk, connection_id: int) -> None:
+    async def _send_chunk(self, conn: Connection, request: m.PeerRequestChunk, connection_id: int) -> None:
         shared = self.library.get(request.filename)
         chunk = request.chunknum
         if self.super_seeder is not None and shared is not None and shared.origin:
@@ -86,6 +90,9 @@ class ChunkServer(FrameServer):
             conn.send(reply)
             return
         digest, data = reply
+        if self.upload is not None:
+            # paced before it is sent: the chunk's bytes are paid for at the cap (p2pfs.ratelimit)
+            await self.upload.take(len(data))
         if request.raw and self.raw:
             # the binary fast path: a small header frame, then the chunk's bytes as they are
             conn.send(

@@ -9,6 +9,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from p2pfs import ratelimit
 from p2pfs.address import Address
 from p2pfs.collection import tree as collection_tree
 from p2pfs.collection.member import Manifest, fetch_manifest
@@ -38,6 +39,8 @@ class Peer:
         raw: bool = True,
         security: Security = OPEN,
         control: bool = True,
+        max_upload_rate: int | None = None,
+        max_download_rate: int | None = None,
     ) -> None:
         #: listen on a local control socket once started, for `p2pfs unpublish` (see p2pfs.peer.control)
         self.control = control
@@ -51,7 +54,17 @@ class Peer:
         self.library: dict[str, ChunkFile] = {}
         # P2PFS_WIRE=json (raw False): the seed's behaviour only, so no super-seeding substitutes either
         self.security = security
-        self.server = ChunkServer(self.library, delay=serve_delay, raw=raw, super_seed=raw, security=security)
+        #: the caps on what this peer sends and fetches, bytes/s over all its transfers (None: none)
+        self.upload_limit = ratelimit.limit(max_upload_rate)
+        self.download_limit = ratelimit.limit(max_download_rate)
+        self.server = ChunkServer(
+            self.library,
+            delay=serve_delay,
+            raw=raw,
+            super_seed=raw,
+            security=security,
+            upload=self.upload_limit,
+        )
         self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce, security=security)
         self.address: Address | None = None
 
@@ -232,7 +245,16 @@ class Peer:
 
     async def manifest(self, name: str) -> Manifest:
         """Fetch and check the manifest of the collection `name` (not served; `close()` it after use)."""
-        dl = Download(self.tracker, self.library, name, Path("."), raw=self.raw, security=self.security, serve=False)
+        dl = Download(
+            self.tracker,
+            self.library,
+            name,
+            Path("."),
+            raw=self.raw,
+            security=self.security,
+            serve=False,
+            rate_limit=self.download_limit,
+        )
         return await fetch_manifest(dl)
 
     async def file_list(self) -> m.ReplyFileList:
@@ -261,6 +283,7 @@ class Peer:
                 raw=self.raw,
                 security=self.security,
                 force=force,
+                rate_limit=self.download_limit,
             ).run()
             if result.content_id is not None and name in self.library:
                 # Now a complete holder: publish (joining the listed file) so the tracker counts this copy

@@ -48,6 +48,7 @@ from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
 from p2pfs.protocol import hashes
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
+from p2pfs.ratelimit import RateLimit
 from p2pfs.security import OPEN, Security
 
 log = logging.getLogger("p2pfs.peer")
@@ -206,7 +207,10 @@ class Download:
         security: Security = OPEN,
         force: bool = False,
         serve: bool = True,
+        rate_limit: RateLimit | None = None,
     ) -> None:
+        #: the process's download cap (--max-download-rate): each request waits for its chunk's tokens
+        self.rate_limit = rate_limit
         #: replace a DEST that holds other bytes (never anything but a regular file)
         self.force = force
         #: serve and register the chunks as they are verified (False: a private fetch, such as a
@@ -699,6 +703,10 @@ class Download:
                     chunk = picker.pick(holder.address)
                     if chunk is None:
                         break
+                    if self.rate_limit is not None:
+                        # paced before it is asked for; the wait counts in the holder's measured rate,
+                        # so a capped download spreads its requests as over slow holders
+                        await self.rate_limit.take(self._chunk_length(chunk))
                     if not outstanding:
                         holder.meter.start(time.monotonic())
                     # only a publisher super-seeds: nobody else is allowed to answer with another chunk
@@ -809,6 +817,10 @@ class Download:
         self._verifying.add(future)
         self._incoming.add(chunk)
         future.add_done_callback(lambda f: self._settle(f, holder, chunk, length, buf))
+
+    def _chunk_length(self, chunk: int) -> int:
+        assert self._file is not None
+        return self._file.chunk_length(chunk)
 
     def _verify_and_write(self, chunk: int, data: bytes | memoryview, want: str) -> _Verified:
         """In a verify thread: hash the chunk and, if it is the first good copy, write it in place."""
