@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean lint faults bench swarm sysdeps
+.PHONY: demo test install clean lint faults bench swarm sim sysdeps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,10 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@# p2pfs mount's FUSE binding builds against libfuse3-dev (sysdeps installs it where it can); without
+	@# it the mount tests skip with their reason
+	@$(BIN)/python -m pip install --quiet -e '.[test,mount]' >/dev/null 2>&1 || \
+		echo "make: pyfuse3 not built (needs libfuse3-dev and pkg-config): the mount tests will be skipped" >&2
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,7 +28,7 @@ demo: $(STAMP)
 sysdeps:
 	-@bash scripts/sysdeps.sh
 
-test: $(STAMP) sysdeps
+test: sysdeps $(STAMP)
 	$(BIN)/python -m pytest -q
 
 faults: $(STAMP)
@@ -51,6 +55,10 @@ bench: $(STAMP) $(LT_STAMP)
 # 1 seeder + 8 downloaders in network namespaces, uplinks shaped to 100 Mbit/s (needs root, iproute2, tc tbf)
 swarm: $(STAMP) $(LT_STAMP)
 	$(BIN)/python -m bench.netswarm
+
+# The swarm simulated (bench/sim): the testbed's cases beside its figures, then N = 100 (no root needed)
+sim: $(STAMP)
+	$(BIN)/python -m bench.sim.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -25,7 +25,9 @@ from bench import (
     libtorrent_side,
     local_limit,
     memory,
+    mount,
     one_to_one,
+    ratelimit,
     swarm,
     tls,
     tracker_load,
@@ -51,6 +53,8 @@ BENCHMARKS: dict[str, Callable[[Context], None]] = {
     "hostile": hostile_latency.run,
     "swarm": swarm.run,
     "memory": memory.run,
+    "mount": mount.run,
+    "ratelimit": ratelimit.run,
     "libtorrent": libtorrent_side.run,
     "tracker": tracker_load.run,
 }

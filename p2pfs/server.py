@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge, ProtocolError
 from p2pfs.net import ByteBudget, Connection, ConnectionClosed, admit, serve
+from p2pfs.observe.stats import ServerStats
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import MAX_FRAME_SIZE
@@ -54,10 +56,17 @@ class FrameServer:
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._per_host: Counter[str] = Counter()
+        #: messages, latencies and refusals, read by /metrics (p2pfs.observe)
+        self.stats = ServerStats()
 
     @property
     def listening(self) -> bool:
         return self._server is not None
+
+    @property
+    def connection_count(self) -> int:
+        """Connections being served now (admitted or being admitted)."""
+        return len(self._handlers)
 
     async def start(self, host: str, port: int) -> Address:
         """Listen on host:port (port 0 picks a free one); return the address actually bound."""
@@ -97,9 +106,11 @@ class FrameServer:
         assert task is not None
         host = conn.remote.host
         if len(self._handlers) >= self.max_connections:
+            self.stats.refused += 1
             await _refuse(conn, f"too many connections (limit {self.max_connections})")
             return
         if self._per_host[host] >= self.max_connections_per_host:
+            self.stats.refused += 1
             await _refuse(conn, f"too many connections from {host} (limit {self.max_connections_per_host})")
             return
         self._handlers.add(task)
@@ -127,6 +138,7 @@ class FrameServer:
     async def _serve(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         budget = self.budget
+        clock, observe = time.perf_counter, self.stats.request_duration.observe  # (looked up once)
         turn_started = loop.time()
         while True:
             try:
@@ -138,12 +150,14 @@ class FrameServer:
                 return
             except ConnectionClosed:
                 return
+            started = clock()
             try:
                 await self._one(conn, body)
             finally:
                 if budget is not None and len(body) > budget.threshold:
                     budget.release(len(body))
                 del body
+            observe(clock() - started)
             await conn.drain()
             if loop.time() - turn_started > TURN_SECONDS:
                 await asyncio.sleep(0)  # let the other connections have their turn
@@ -152,17 +166,20 @@ class FrameServer:
     async def _one(self, conn: Connection, body: bytes | bytearray) -> None:
         refusal = self.check_frame(conn, body)
         if refusal is not None:
+            self.stats.invalid += 1
             log.warning("%s: %s", conn.remote, refusal)
             conn.send(m.Error(message=refusal, request=framing.leading_type(body)))
             return
         try:
             message = framing.decode(body)
         except ProtocolError as exc:
+            self.stats.invalid += 1
             log.warning("%s: %s", conn.remote, exc)
             # (a large body is not parsed a second time just to name its type in the reply)
             kind = framing.leading_type(body) if len(body) > MAX_PEEK_BODY else framing.peek_type(body)
             conn.send(m.Error(message=str(exc), request=kind))
             return
+        self.stats.messages[type(message)] += 1
         if isinstance(message, m.PeerPingPong):
             conn.send_raw(framing.frame(body))  # sent back exactly as received
         else:

@@ -12,10 +12,18 @@ declare -A wanted=(
   [chromedriver]=chromium-driver
   [fusermount3]=fuse3
   [ip]=iproute2
+  [pkg-config]=pkg-config
+)
+# file that proves the package is there -> Debian package (libraries and headers: no command to look for)
+declare -A wanted_files=(
+  [/usr/include/fuse3/fuse_lowlevel.h]=libfuse3-dev   # pyfuse3 (p2pfs mount) builds against it
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || [ -x "/usr/bin/$cmd" ] || missing+=("${wanted[$cmd]}")
+done
+for file in "${!wanted_files[@]}"; do
+  [ -e "$file" ] || missing+=("${wanted_files[$file]}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 fail() {

@@ -20,8 +20,10 @@ from p2pfs.cli.common import (
     rates_of,
     security_of,
     shared_line,
+    start_http,
     start_peer,
     status_to_stderr,
+    stop_http,
     stop_on_signals,
     trackers_of,
 )
@@ -56,8 +58,10 @@ async def run_share(args: argparse.Namespace) -> int:
     peer = await start_peer(args.host, args.port, security_of(args), **rates_of(args))
     stop = stop_on_signals()
     out = (lambda line: None) if args.quiet else say
+    http = None
     try:
         out(f"listening on {peer.address}")
+        http = await start_http(args, peer=peer)
         await connect_tracker(peer, trackers)
         if args.name is not None and len(args.files) != 1:
             raise UsageError("--name names one FILE or DIR; share several under their own names")
@@ -71,6 +75,7 @@ async def run_share(args: argparse.Namespace) -> int:
         await stop.wait()
         return 0
     finally:
+        await stop_http(http)
         await peer.stop()
 
 
@@ -118,7 +123,9 @@ async def run_get(args: argparse.Namespace) -> int:
         on_status = status_to_stderr
     peer = await start_peer(args.host, args.port, security_of(args), on_status, **rates_of(args))
     failed = 0
+    http = None
     try:
+        http = await start_http(args, peer=peer)
         await connect_tracker(peer, trackers)
         if emit:
             emit({"event": "listening", "address": str(peer.self_address)})
@@ -162,6 +169,7 @@ async def run_get(args: argparse.Namespace) -> int:
             await stop.wait()
         return 1 if failed else 0
     finally:
+        await stop_http(http)
         await peer.stop()
 
 

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
 from p2pfs import security
 from p2pfs.address import Address, parse_port
@@ -27,6 +27,9 @@ from p2pfs.peer.storage import ChunkFile
 from p2pfs.safetext import literal
 from p2pfs.security import Security
 from p2pfs.tracker.server import TrackerServer
+
+if TYPE_CHECKING:
+    from p2pfs.observe.http import HttpServer
 
 #: Tracker port used by `p2pfs tracker --no-shell` when no --port is given.
 DEFAULT_TRACKER_PORT = 6969
@@ -88,6 +91,50 @@ def add_security_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_http_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--http",
+        type=tracker_address,
+        metavar="HOST:PORT",
+        help=f"also serve HTTP on HOST:PORT (port 0: any free port): {what}; off by default",
+    )
+
+
+async def start_http(
+    args: argparse.Namespace, tracker: TrackerServer | None = None, peer: Peer | None = None
+) -> HttpServer | None:
+    """The HTTP server `--http HOST:PORT` asks for (None without it), started on this event loop: the
+    tracker's dashboard and metrics, or a peer's metrics. Says where on stderr (unless -q)."""
+    address: Address | None = getattr(args, "http", None)
+    if address is None:
+        return None
+    from p2pfs.observe import metrics  # (aiohttp and prometheus_client only load when asked for)
+    from p2pfs.observe.dashboard import Dashboard
+    from p2pfs.observe.http import HttpServer
+
+    if tracker is not None:
+        http = HttpServer(metrics.tracker_registry(tracker), Dashboard(tracker))
+    else:
+        assert peer is not None
+        http = HttpServer(metrics.peer_registry(peer))
+    try:
+        bound = await http.start(address.host, address.port)
+    except OSError as exc:
+        # (asyncio words a failed bind at length, with the address again: the errno says it all)
+        reason = os.strerror(exc.errno).lower() if exc.errno else describe_os_error(exc)
+        raise P2PFSError(f"cannot listen on {address} for --http: {reason}") from None
+    if not getattr(args, "quiet", False):
+        what = "dashboard" if tracker is not None else "metrics"
+        where = f"http://{bound}/" if tracker is not None else f"http://{bound}/metrics"
+        print(f"p2pfs: {what} on {where}", file=sys.stderr, flush=True)
+    return http
+
+
+async def stop_http(http: HttpServer | None) -> None:
+    if http is not None:
+        await http.stop()
+
+
 def trackers_of(args: argparse.Namespace) -> list[Address]:
     """The trackers a command must use; one clear line if none was given anywhere."""
     trackers: list[Address] | None = getattr(args, "tracker", None)
@@ -147,6 +194,18 @@ def rate(text: str) -> int:
 class Rates(TypedDict):
     max_upload_rate: int | None
     max_download_rate: int | None
+
+
+def add_rate_options(p: argparse.ArgumentParser) -> None:
+    """--max-upload-rate and --max-download-rate: caps over all of the process's transfers."""
+    for way, verb in (("upload", "send"), ("download", "fetch")):
+        p.add_argument(
+            f"--max-{way}-rate",
+            type=rate,
+            metavar="RATE",
+            help=f"{verb} at most RATE bytes per second over all transfers, K/M/G suffixes (1024-based; "
+            f"0: no limit); env P2PFS_MAX_{way.upper()}_RATE, config max_{way}_rate",
+        )
 
 
 def rates_of(args: argparse.Namespace) -> Rates:

@@ -13,12 +13,14 @@ from typing import NoReturn
 
 from p2pfs import __version__
 from p2pfs.cli import commands, config, shells, unpublish
+from p2pfs.cli import mount as mount_command
 from p2pfs.cli.common import (
     DEFAULT_HOST,
+    add_http_option,
+    add_rate_options,
     add_security_options,
     byte_size,
     port_number,
-    rate,
     tracker_addresses,
 )
 from p2pfs.errors import P2PFSError, TrackerUnavailable
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
     p.add_argument("--port", type=port_number, help="listen at once on this port (0: any free port)")
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
+    add_http_option(p, "the dashboard at /, the JSON API at /api/, Prometheus metrics at /metrics")
     add_security_options(p)
 
     p = sub.add_parser("peer", help="run a peer shell (connect, publish, list_file, download, unpublish)")
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print {key: {value, source}} as JSON")
     add_security_options(p)
     unpublish.add_parser(sub)
+    mount_command.add_parser(sub)
     return parser
 
 
@@ -141,18 +145,7 @@ def add_serving_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--port", type=port_number, default=0, help="port to serve chunks on (default 0: any free port)")
     add_rate_options(p)
-
-
-def add_rate_options(p: argparse.ArgumentParser) -> None:
-    """--max-upload-rate and --max-download-rate: caps over all of the process's transfers."""
-    for way, verb in (("upload", "send"), ("download", "fetch")):
-        p.add_argument(
-            f"--max-{way}-rate",
-            type=rate,
-            metavar="RATE",
-            help=f"{verb} at most RATE bytes per second over all transfers, K/M/G suffixes (1024-based; "
-            f"0: no limit); env P2PFS_MAX_{way.upper()}_RATE, config max_{way}_rate",
-        )
+    add_http_option(p, "Prometheus metrics at /metrics")
 
 
 def add_quiet_option(p: argparse.ArgumentParser) -> None:
@@ -177,6 +170,7 @@ COMMANDS = {
     "verify": commands.run_verify,
     "config": commands.run_config,
     "unpublish": unpublish.run_unpublish,
+    "mount": mount_command.run_mount,
 }
 
 

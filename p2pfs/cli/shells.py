@@ -18,7 +18,9 @@ from p2pfs.cli.common import (
     rates_of,
     security_of,
     shared_line,
+    start_http,
     start_peer,
+    stop_http,
     stop_on_signals,
 )
 from p2pfs.cli.shell import PATH, Cancelled, Shell, error, say, warn
@@ -33,15 +35,18 @@ from p2pfs.tracker.server import TrackerServer
 async def run_tracker(args: argparse.Namespace) -> int:
     server = TrackerServer(security=security_of(args))
     stop = stop_on_signals() if args.no_shell else None
+    http = None
     try:
         if args.port is not None or args.no_shell:
             port = args.port if args.port is not None else DEFAULT_TRACKER_PORT
             say(f"listening on {await listen(server, args.host, port)}")
+        http = await start_http(args, tracker=server)
         if stop is not None:
             await stop.wait()
             return 0
         return await tracker_shell(server).run()
     finally:
+        await stop_http(http)
         await server.stop()
 
 
@@ -83,8 +88,10 @@ def tracker_shell(server: TrackerServer) -> Shell:
 async def run_peer(args: argparse.Namespace) -> int:
     peer = await start_peer(args.host, args.port, security_of(args), say, **rates_of(args))
     stop = stop_on_signals() if args.no_shell else None
+    http = None
     try:
         say(f"listening on {peer.address}")
+        http = await start_http(args, peer=peer)
         if args.tracker is not None:
             try:
                 tracker = await connect_tracker(peer, args.tracker)
@@ -98,6 +105,7 @@ async def run_peer(args: argparse.Namespace) -> int:
             return 0
         return await peer_shell(peer).run()
     finally:
+        await stop_http(http)
         await peer.stop()
 
 

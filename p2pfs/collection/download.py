@@ -12,24 +12,58 @@ import asyncio
 import time
 from pathlib import Path
 
+from p2pfs.collection import tree as collection_tree
 from p2pfs.collection.manifest import ManifestError
 from p2pfs.collection.part import CollectionPart
+from p2pfs.collection.store import CollectionStore
 from p2pfs.errors import ProtocolError
+from p2pfs.peer import hashing, storage
 from p2pfs.peer.storage import StorageError
 from p2pfs.peer.transfer import Download, DownloadResult
 from p2pfs.protocol import messages as m
 
 
-def tree_destination(dest: Path, name: str) -> Path:
+def tree_destination(dest: Path, name: str) -> tuple[Path, bool]:
     """Where a collection goes: DEST itself if it does not exist (it becomes the tree's root), DEST/NAME
-    if DEST is a directory. The final name must not exist yet (and its directory must)."""
+    if DEST is a directory; and whether a directory (not a link) is there already, to be compared. Its
+    directory must exist; anything else at the final name is refused."""
     final = dest / name if dest.is_dir() else dest
     if not final.parent.is_dir():
         why = "does not exist" if not final.parent.exists() else "is not a directory"
         raise StorageError(f"cannot download to {dest}: directory {final.parent} {why}")
-    if final.exists() or final.is_symlink():
-        raise StorageError(f"cannot download {name!r} to {final}: it exists (a collection is fetched to a new name)")
-    return final
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise StorageError(f"cannot download {name!r} to {final}: it exists and is not a directory")
+    return final, final.exists()
+
+
+async def existing_tree(dl: Download, final: Path, filesize: int, chunk_size: int) -> CollectionStore:
+    """The tree at `final`, opened as the collection would be published from it and hashed: returned
+    (every chunk held, to be served) if it is the published collection, byte for byte, executable bits,
+    links and empty directories included; StorageError if it is anything else. Trees are never replaced:
+    there is no --force for them."""
+    skipped: list[str] = []
+    store = await asyncio.to_thread(collection_tree.open_to_publish, final, dl.name, chunk_size, skipped.append)
+    try:
+        if store.filesize == filesize and not skipped:
+            digests = await hashing.hash_chunks(
+                store.fd,
+                store.filesize,
+                store.chunk_size,
+                on_progress=dl.hash_progress("check", store.chunk_count),
+                reader=store.read_into,
+            )
+            if [digests.get(c) for c in range(store.chunk_count)] == dl.expected:
+                storage.set_published_digests(store, digests)
+                store.origin = False  # (a copy, not the publisher's: no super-seeding from it)
+                return store
+    except BaseException:
+        store.close()
+        raise
+    store.close()
+    raise StorageError(
+        f"cannot download {dl.name!r} to {final}: a directory with other content is there (trees are never "
+        "replaced: remove it, or choose another DEST)"
+    )
 
 
 async def download_collection(
@@ -40,7 +74,20 @@ async def download_collection(
     assert info is not None
     if location.contentid is None or dl.expected is None:
         raise ProtocolError(f"tracker listed the collection {dl.name!r} without its chunk hashes")
-    final = tree_destination(dl.dest, dl.name)
+    final, exists = tree_destination(dl.dest, dl.name)
+    if exists:
+        held = await existing_tree(dl, final, filesize, chunk_size)
+        dl.library[dl.name] = held
+        return DownloadResult(
+            dl.name,
+            final,
+            filesize,
+            chunk_count,
+            time.monotonic() - started,
+            content_id=location.contentid,
+            already=True,
+            files=held.header.files if held.header is not None else None,
+        )
     part = CollectionPart.open_collection(final, dl.name, filesize, chunk_size, location.contentid, info.manifestsize)
     store = part.shared
     logged = part.candidates

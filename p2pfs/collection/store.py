@@ -204,9 +204,14 @@ class CollectionStore(ChunkFile):
     def read_into(self, chunk: int, view: memoryview) -> int:
         """Read chunk `chunk` into `view` (its length at least the chunk's); returns the bytes read (less
         than the chunk's length if a member is shorter than it should be)."""
-        length = self.chunk_length(chunk)
+        return self.read_range_into(chunk * self.chunk_size, view[: self.chunk_length(chunk)])
+
+    def read_range_into(self, offset: int, view: memoryview) -> int:
+        """Read the stream's bytes [offset, offset + len(view)) into `view` (a member's chunk is not the
+        collection's); returns the bytes read (fewer if a member is shorter than it should be)."""
+        length = len(view)
         got = 0
-        for member, at, into, n in self._extents(chunk * self.chunk_size, length):
+        for member, at, into, n in self._extents(offset, length):
             part = view[into : into + n]
             if member == -2:
                 part[:] = bytes(n)
@@ -229,6 +234,13 @@ class CollectionStore(ChunkFile):
         buf = bytearray(length)
         if self.read_into(chunk, memoryview(buf)) != length:
             raise StorageError(f"{self.name}: short read of chunk {chunk} (a member changed on disk?)")
+        return bytes(buf)
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """The stream's bytes [offset, offset + length) (a member's chunk, served as a plain file's)."""
+        buf = bytearray(length)
+        if self.read_range_into(offset, memoryview(buf)) != length:
+            raise StorageError(f"{self.name}: short read at byte {offset} (a member changed on disk?)")
         return bytes(buf)
 
     def write_at(self, chunk: int, data: bytes | bytearray | memoryview) -> None:

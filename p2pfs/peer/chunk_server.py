@@ -7,11 +7,15 @@ Requests on one connection are answered in order, so a downloader can pipeline s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 from collections.abc import Mapping
 
+from p2pfs.collection.index import ManifestIndex, MemberSpan
+from p2pfs.collection.store import CollectionStore
 from p2pfs.net import Connection, env_seconds
+from p2pfs.observe.stats import TransferStats
 from p2pfs.peer.storage import ChunkFile, StorageError
 from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.protocol import messages as m
@@ -58,6 +62,8 @@ class ChunkServer(FrameServer):
         #: sends every chunk of a file this peer published once before any twice (see superseed)
         self.super_seeder: SuperSeeder | None = SuperSeeder() if super_seed else None
         self._connection_ids = itertools.count(1)
+        #: the peer's transfer counters (bytes sent here, received by its downloads), read by /metrics
+        self.transfers = TransferStats()
         self._connection_id: dict[Connection, int] = {}
 
     def idle_timeout(self, conn: Connection) -> float | None:
@@ -107,9 +113,12 @@ class ChunkServer(FrameServer):
                     filename=request.filename, chunknum=chunk, digest=digest, data=data
                 )
             )
+        self.transfers.uploaded_bytes += len(data)
 
     def _chunk_reply(self, shared: ChunkFile | None, filename: str, chunk: int) -> m.Error | tuple[str, bytes]:
         if shared is None:
+            if "/" in filename:  # a collection's member NAME/REL/PATH, served as a plain file
+                return _member_reply(self.library, filename, chunk)
             return m.Error(message=f"file not shared here: {filename}", request="PEER_REQUEST_CHUNK")
         if chunk not in shared.have:
             return m.Error(message=f"chunk {chunk} of {filename} not held here", request="PEER_REQUEST_CHUNK")
@@ -119,3 +128,24 @@ class ChunkServer(FrameServer):
             log.error("cannot read chunk %d of %s: %s", chunk, shared.path, exc)
             return m.Error(message=f"cannot read chunk {chunk} of {filename}", request="PEER_REQUEST_CHUNK")
         return shared.digests[chunk], data
+
+
+def _member_reply(library: Mapping[str, ChunkFile], filename: str, chunk: int) -> m.Error | tuple[str, bytes]:
+    """Chunk `chunk` of the member `NAME/REL/PATH` (its own chunks, docs/PROTOCOL.md §14): the member's
+    bytes, read from the collection NAME when this peer holds every collection chunk they lie in."""
+    name, _, path = filename.partition("/")
+    store = library.get(name)
+    if not isinstance(store, CollectionStore) or store.index is None:  # (no tree yet: no member is known)
+        return m.Error(message=f"file not shared here: {filename}", request="PEER_REQUEST_CHUNK")
+    member = ManifestIndex.of_members(store.fd, store.index).find(path)
+    if member is None:
+        return m.Error(message=f"file not shared here: {filename}", request="PEER_REQUEST_CHUNK")
+    span = MemberSpan.of(member, store.manifest_size, store.chunk_size)
+    if chunk >= span.chunk_count or not all(c in store.have for c in span.covering(chunk)):
+        return m.Error(message=f"chunk {chunk} of {filename} not held here", request="PEER_REQUEST_CHUNK")
+    try:
+        data = store.read_range(*span.byte_range(chunk))
+    except (OSError, StorageError) as exc:
+        log.error("cannot read chunk %d of %s: %s", chunk, filename, exc)
+        return m.Error(message=f"cannot read chunk {chunk} of {filename}", request="PEER_REQUEST_CHUNK")
+    return hashlib.sha256(data).hexdigest(), data

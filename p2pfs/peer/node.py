@@ -15,6 +15,7 @@ from p2pfs.collection import tree as collection_tree
 from p2pfs.collection.member import Manifest, fetch_manifest
 from p2pfs.collection.store import CollectionStore
 from p2pfs.errors import FileNotPublished, P2PFSError, ProtocolError, TrackerError, TrackerUnavailable
+from p2pfs.observe.rates import REPORT_INTERVAL
 from p2pfs.peer import hashing, storage
 from p2pfs.peer.chunk_server import ChunkServer
 from p2pfs.peer.control import ControlServer
@@ -61,21 +62,29 @@ class Peer:
             self.library,
             delay=serve_delay,
             raw=raw,
-            super_seed=raw,
+            super_seed=raw and os.environ.get("P2PFS_SUPER_SEED", "1") != "0",
             security=security,
             upload=self.upload_limit,
         )
         self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce, security=security)
         self.address: Address | None = None
+        #: chunk bytes sent and received, chunks verified...: the chunk server's, shared by the downloads
+        self.transfers = self.server.transfers
+        self._reporter: asyncio.Task[None] | None = None
 
     async def start(self) -> Address:
         """Start serving chunks; returns the address actually bound."""
         self.address = await self.server.start(self.host, self.port)
         if self.control and self._control is None:
             self._control = await ControlServer.start_for(self)
+        if self._reporter is None:
+            self._reporter = asyncio.create_task(self._report_stats())
         return self.address
 
     async def stop(self) -> None:
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.cancel()
         control, self._control = self._control, None
         if control is not None:
             await control.stop()
@@ -84,6 +93,21 @@ class Peer:
         for shared in self.library.values():
             shared.close()
         self.library.clear()
+
+    async def _report_stats(self) -> None:
+        """Send the tracker this peer's transfer totals (PEER_STATS) every REPORT_INTERVAL while they
+        change (the tracker reads a peer whose reports stopped as idle)."""
+        sent = (0, 0)
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL)
+            totals = (self.transfers.uploaded_bytes, self.transfers.downloaded_bytes)
+            if totals != sent:
+                self.tracker.send_stats(*totals)
+                sent = totals
+
+    @property
+    def active_downloads(self) -> int:
+        return len(self._downloading)
 
     @property
     def self_address(self) -> Address | None:
@@ -254,6 +278,7 @@ class Peer:
             security=self.security,
             serve=False,
             rate_limit=self.download_limit,
+            transfers=self.transfers,
         )
         return await fetch_manifest(dl)
 
@@ -284,6 +309,7 @@ class Peer:
                 security=self.security,
                 force=force,
                 rate_limit=self.download_limit,
+                transfers=self.transfers,
             ).run()
             if result.content_id is not None and name in self.library:
                 # Now a complete holder: publish (joining the listed file) so the tracker counts this copy

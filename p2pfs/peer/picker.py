@@ -90,6 +90,8 @@ class Picker(Generic[H]):
         self._requested: dict[int, set[H]] = {}
         #: pickable chunks (missing, not in flight) by availability; bucket 0 = no live holder
         self._buckets: dict[int, IndexedSet] = {0: IndexedSet(self.have.complement().numbers())}
+        #: missing chunks somebody waits for now (a read of a mount): picked before any other
+        self._urgent: set[int] = set()
 
     # -- state queries ------------------------------------------------------------------------
     @property
@@ -209,6 +211,44 @@ class Picker(Generic[H]):
             self._unrequest(chunk, holder)
         return returned
 
+    # -- what is wanted (a fetch of some chunks that grows: a mount) -----------------------------
+    def want(self, chunks: Iterable[int], urgent: bool = False) -> list[int]:
+        """Chunks counted as had (the ones a fetch of some chunks skips) become missing, to be picked by
+        availability like the others; `urgent`: before any other (also those already missing). Returns
+        the chunks that became missing."""
+        added: list[int] = []
+        count = self.chunk_count
+        for chunk in chunks:
+            if not 0 <= chunk < count:
+                continue
+            if self.have.discard(chunk):
+                added.append(chunk)
+                self._bucket(self._availability[chunk]).add(chunk)
+                if self._availability[chunk]:
+                    for holder, held in self._holders.items():
+                        if chunk in held:
+                            self._needed[holder] += 1
+            if urgent and chunk not in self.have:
+                self._urgent.add(chunk)
+        return added
+
+    def skip(self, chunks: Iterable[int]) -> list[int]:
+        """Missing chunks that are not in flight are no longer wanted (counted as had, as `want`'s
+        reverse); returns those skipped."""
+        skipped: list[int] = []
+        for chunk in chunks:
+            if not 0 <= chunk < self.chunk_count or chunk in self.have or chunk in self._requested:
+                continue
+            self.have.add(chunk)
+            self._urgent.discard(chunk)
+            self._bucket(self._availability[chunk]).discard(chunk)
+            if self._availability[chunk]:
+                for holder, held in self._holders.items():
+                    if chunk in held:
+                        self._needed[holder] -= 1
+            skipped.append(chunk)
+        return skipped
+
     # -- the picking ---------------------------------------------------------------------------
     def pick(self, holder: H) -> int | None:
         """The next chunk to request from `holder`, marked as in flight; None if it has nothing to give."""
@@ -217,6 +257,15 @@ class Picker(Generic[H]):
         if not held_count:
             return None
         assert held is not None
+        if self._urgent:
+            for first in sorted(self._urgent):
+                if first in self.have:
+                    self._urgent.discard(first)
+                elif first in held and first not in self._requested:
+                    self._urgent.discard(first)
+                    self._bucket(self._availability[first]).discard(first)
+                    self._requested[first] = {holder}
+                    return first
         unrequested = sorted(a for a, b in self._buckets.items() if a > 0 and len(b))
         for avail in unrequested:
             chunk = self._choose(self._buckets[avail], held, held_count)
@@ -258,6 +307,7 @@ class Picker(Generic[H]):
         """A verified copy of `chunk` is stored; False if we already had it (a duplicate)."""
         if not 0 <= chunk < self.chunk_count or not self.have.add(chunk):
             return False
+        self._urgent.discard(chunk)
         if self._requested.pop(chunk, None) is None:  # (a chunk in flight is in no bucket)
             self._bucket(self._availability[chunk]).discard(chunk)
         holding = self._availability[chunk]

@@ -1,7 +1,7 @@
 """The peer's long-lived connection to the tracker: requests matched to replies in order.
 
-The tracker answers every request except REQUEST_CHUNK_REGISTER, in the order it received them, so
-replies are matched to a FIFO of waiting futures. An ERROR naming REQUEST_CHUNK_REGISTER answers no one.
+The tracker answers every request except REQUEST_CHUNK_REGISTER and PEER_STATS, in the order it received
+them, so replies are matched to a FIFO of waiting futures. An ERROR naming either answers no one.
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class TrackerClient:
         self._registered = False
         #: whether the current connection has carried any reply yet
         self._answered = False
+        #: False once the tracker answered PEER_STATS with ERROR (an older tracker): not sent again to it
+        self.reports_stats = True
 
     @property
     def connected(self) -> bool:
@@ -95,6 +97,7 @@ class TrackerClient:
             raise TrackerUnavailable(f"cannot connect to tracker {tracker}: {describe_os_error(exc)}") from None
         self._conn = conn
         self._answered = False
+        self.reports_stats = True
         self.address = tracker
         self._server_address = server_address
         self._reader = asyncio.create_task(self._read_replies(conn))
@@ -233,6 +236,13 @@ class TrackerClient:
             with contextlib.suppress(ConnectionClosed):
                 self._conn.send(m.RequestChunkRegister(filename=name, chunknum=batch[0], chunknums=batch))
 
+    def send_stats(self, uploaded: int, downloaded: int) -> None:
+        """PEER_STATS (no reply): this peer's transfer totals, for the tracker's dashboard. Skipped while
+        disconnected or unregistered, and for a tracker that refused one."""
+        if self._conn is not None and self._registered and self.reports_stats:
+            with contextlib.suppress(ConnectionClosed):
+                self._conn.send(m.PeerStats(uploaded=uploaded, downloaded=downloaded))
+
     async def _request(self, message: m.Message) -> m.AnyMessage:
         conn = self._conn
         if conn is None:
@@ -284,6 +294,11 @@ class TrackerClient:
                     if on_update is not None:
                         on_update(reply)
                     continue  # (pushed, not a reply: it answers no request)
+                if isinstance(reply, m.Error) and reply.request == "PEER_STATS":
+                    # an older tracker that does not know the report (it answers no request): stop sending it
+                    log.debug("tracker refused PEER_STATS (%s); not reporting to it", reply.message)
+                    self.reports_stats = False
+                    continue
                 if isinstance(reply, m.Error) and reply.request == "REQUEST_CHUNK_REGISTER":
                     log.debug("tracker refused a chunk registration: %s", reply.message)
                     continue

@@ -39,6 +39,7 @@ from p2pfs.errors import (
     TrackerUnavailable,
 )
 from p2pfs.net import Connection, ConnectionClosed, connect, describe_os_error, env_seconds
+from p2pfs.observe.stats import TransferStats
 from p2pfs.peer import destination, hashing, storage
 from p2pfs.peer.partfile import PartFile
 from p2pfs.peer.picker import Candidate, Picker, choose_holders
@@ -208,7 +209,10 @@ class Download:
         force: bool = False,
         serve: bool = True,
         rate_limit: RateLimit | None = None,
+        transfers: TransferStats | None = None,
     ) -> None:
+        #: the peer's transfer counters (p2pfs.observe): bytes received, chunks verified, holders dropped...
+        self.transfers = transfers if transfers is not None else TransferStats()
         #: the process's download cap (--max-download-rate): each request waits for its chunk's tokens
         self.rate_limit = rate_limit
         #: replace a DEST that holds other bytes (never anything but a regular file)
@@ -267,6 +271,14 @@ class Download:
         #: this fetch wants only some of the chunks (no substitutes are asked for): the others, skipped
         self._partial = False
         self._skipped = ChunkSet(0)
+        #: copies of chunks received after a verified copy was written (end game, substitutes)
+        self.duplicates = 0
+        #: a stream (see `stream`): the fetch never ends by itself, `want` says what to fetch
+        self._streaming = False
+        self._on_unavailable: Callable[[list[int]], None] | None = None
+        #: (chunks, urgent) wanted before the stream was ready for them
+        self._early_wants: list[tuple[list[int], bool]] = []
+        self._stream_ready = False
 
     async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
         """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
@@ -333,6 +345,7 @@ class Download:
                     part.keep_for_resume()
                 else:
                     part.discard()
+        log.info("%s: %d chunks, %d duplicate copies received", self.name, chunk_count, self.duplicates)
         return DownloadResult(
             self.name,
             dest,
@@ -366,7 +379,7 @@ class Download:
                     shared.filesize,
                     shared.chunk_size,
                     part.resume_chunks(),
-                    self._hash_progress("resume", chunk_count),
+                    self.hash_progress("resume", chunk_count),
                     reader=shared.read_into,
                 )
                 resumed = part.keep_resumed(digests, self.expected)
@@ -383,7 +396,15 @@ class Download:
             # the tracker pushes news since the location request; they are applied from now on (the
             # reply covered what came before)
             self.tracker.watch(self.name, self._on_update)
-            if not self._picker.complete:
+            if self._streaming:
+                self._set_publishers(location.publishers)
+                self._add_holders(location.holder_runs())
+                self._stream_ready = True
+                early, self._early_wants = self._early_wants, []
+                for chunks, urgent in early:
+                    self.want(chunks, urgent)
+                await self._stream_all()
+            elif not self._picker.complete:
                 self._set_publishers(location.publishers)
                 self._add_holders(location.holder_runs())
                 try:
@@ -395,6 +416,7 @@ class Download:
                     raise NoSourceForChunk(exc.filename, exc.missing, kept) from None
             return resumed
         finally:
+            self._stream_ready = False
             self.tracker.unwatch(self.name)
             await self._close_holders()
             self._executor.shutdown(wait=True)
@@ -421,7 +443,7 @@ class Download:
         held = storage.open_held(dest, self.name, filesize, chunk_size)
         try:
             digests = await hashing.hash_chunks(
-                held.fd, filesize, chunk_size, on_progress=self._hash_progress("check", held.chunk_count)
+                held.fd, filesize, chunk_size, on_progress=self.hash_progress("check", held.chunk_count)
             )
             differ = [c for c in range(held.chunk_count) if digests.get(c) != expected[c]]
             if not differ:
@@ -439,7 +461,7 @@ class Download:
             "--force replaces it"
         )
 
-    def _hash_progress(self, stage: str, chunk_count: int) -> Callable[[int, int], None] | None:
+    def hash_progress(self, stage: str, chunk_count: int) -> Callable[[int, int], None] | None:
         on_progress = self.on_progress
         if on_progress is None:
             return None
@@ -455,6 +477,66 @@ class Download:
         if info is None:
             raise FileNotPublished(f"{self.name!r} is not listed by the tracker")
         return info
+
+    # -- a stream: chunks fetched as they are wanted (the mount) --------------------------------
+    async def stream(
+        self, part: Part, location: m.ReplyFileLocation, on_unavailable: Callable[[list[int]], None]
+    ) -> None:
+        """A fetch that wants nothing at first and never ends by itself (cancel it to stop): `want`
+        names the chunks to fetch, as they are needed. Holders stay connected and measured between
+        wants, so a stream of reads pays for connecting and ramping up windows once. Wanted chunks that
+        no holder has, even after asking the tracker again, go to `on_unavailable` and are no longer
+        wanted. Chunks `part` already holds are never fetched."""
+        self._streaming = True
+        self._on_unavailable = on_unavailable
+        await self.fetch(part, location, False, skip=range(part.shared.chunk_count))
+
+    def want(self, chunks: Iterable[int], urgent: bool = False) -> None:
+        """A stream should fetch `chunks` (`urgent`: somebody waits for them: before any other)."""
+        shared = self._file
+        if not self._stream_ready or shared is None:
+            self._early_wants.append((list(chunks), urgent))
+            return
+        wanted = [c for c in chunks if 0 <= c < shared.chunk_count and c not in shared.have]
+        for chunk in wanted:
+            self._skipped.discard(chunk)
+        if self._picker.want(wanted, urgent) or urgent:
+            self._hopeful.update(self._known)  # (candidates that had nothing for us may have these)
+            self._rebalance()
+            self._notify()
+
+    async def _stream_all(self) -> None:
+        picker = self._picker
+        last_refresh = time.monotonic()
+        interval = min(REFRESH_INTERVAL_MIN, self.refresh_interval)
+        while not self._closing:
+            if self._failure is not None:
+                raise self._failure
+            if picker.complete:  # nothing wanted now
+                await self._changed.wait()
+                continue
+            if not picker.can_progress():
+                self._rebalance()
+            if not picker.can_progress() and not self._connecting:
+                if self._verifying:
+                    await asyncio.wait(list(self._verifying))
+                    continue
+                if not await self._refresh() and not self._connecting and not picker.can_progress():
+                    lost = picker.skip(picker.missing())
+                    for chunk in lost:
+                        self._skipped.add(chunk)
+                    if lost and self._on_unavailable is not None:
+                        self._on_unavailable(lost)
+                last_refresh = time.monotonic()
+                continue
+            timeout = max(0.0, last_refresh + interval - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait()
+            if not picker.complete and time.monotonic() - last_refresh >= interval:
+                news = await self._refresh()
+                last_refresh = time.monotonic()
+                interval = REFRESH_INTERVAL_MIN if news else min(interval * 2, self.refresh_interval)
 
     # -- coordination --------------------------------------------------------------------------
     async def _download_all(self) -> None:
@@ -693,10 +775,11 @@ class Download:
     # -- one holder ----------------------------------------------------------------------------
     async def _fetch_from(self, holder: _Holder) -> None:
         picker = self._picker
-        # (chunk, whether the request allowed a substitute), in request order; replies come in that order
-        outstanding: deque[tuple[int, bool]] = deque()
+        # (chunk, whether the request allowed a substitute, when it was sent), in request order; replies
+        # come in that order
+        outstanding: deque[tuple[int, bool, float]] = deque()
         try:
-            while not picker.complete and not self._closing:
+            while (self._streaming or not picker.complete) and not self._closing:
                 # a holder whose last replies were useless substitutes gets one request at a time
                 window = 1 if holder.useless else holder.window
                 while len(outstanding) < window:
@@ -717,7 +800,7 @@ class Download:
                             filename=self.name, chunknum=chunk, raw=self.raw, substitute=substitute
                         )
                     )
-                    outstanding.append((chunk, substitute))
+                    outstanding.append((chunk, substitute, time.monotonic()))
                 if not outstanding:
                     holder.meter.idle()
                     await self._changed.wait()
@@ -725,8 +808,9 @@ class Download:
                 await holder.conn.drain()
                 async with asyncio.timeout(CHUNK_TIMEOUT):
                     reply = await holder.conn.recv()
-                chunk, substitute = outstanding.popleft()
+                chunk, substitute, sent = outstanding.popleft()
                 await self._receive(holder, chunk, substitute, reply)
+                self.transfers.chunk_fetch_duration.observe(time.monotonic() - sent)
         except Misbehaving as exc:
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
             log.warning("holder %s %s; dropped for this file", holder.address, exc)
@@ -742,7 +826,7 @@ class Download:
             log.exception("holder %s dropped after an internal error", holder.address)
             self._drop(holder)
         finally:
-            if picker.complete or self._holders.get(holder.address) is not holder:
+            if (picker.complete and not self._streaming) or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
 
     async def _receive(self, holder: _Holder, chunk: int, substitute: bool, reply: m.AnyMessage) -> None:
@@ -802,6 +886,7 @@ class Download:
             data = reply.data
             if len(data) != length:
                 raise CorruptChunk(f"sent a corrupt chunk {chunk} of {self.name}")  # (wrong length)
+        self.transfers.downloaded_bytes += length
         if useless:  # read (the stream goes on) but neither hashed nor counted as throughput
             if buf is not None:
                 pool.release(buf)
@@ -809,6 +894,13 @@ class Download:
         holder.meter.delivered(length, time.monotonic())
         if holder.meter.rate is not None:
             holder.window = request_window(holder.meter.rate, shared.chunk_size)
+        if chunk in self._claimed:
+            # an end-game duplicate of a chunk already verified and written: counted as the holder's
+            # throughput (it sent what was asked) but not hashed again, which would only be thrown away
+            self.duplicates += 1
+            if buf is not None:
+                pool.release(buf)
+            return
         # The publisher's hash is the truth when the tracker has it; else the seed's rule: the reply's digest.
         want = self.expected[chunk] if self.expected is not None else reply.digest.lower()
         future = asyncio.get_running_loop().run_in_executor(
@@ -872,6 +964,7 @@ class Download:
             return
         result = future.result()
         if result is None:
+            self.transfers.hash_failures += 1
             if holder.address in self._banned:
                 return  # another of its pipelined chunks was already found corrupt
             # A holder that lies once is not asked again for this file; its chunks go to other holders.
@@ -895,6 +988,7 @@ class Download:
         if not self._picker.completed(chunk):
             return
         shared.mark(chunk, digest)
+        self.transfers.chunks_verified += 1
         self._bytes_done += length
         self.sources[holder.address] += 1
         if self.serve:
@@ -919,6 +1013,7 @@ class Download:
         self._notify()
 
     def _drop(self, holder: _Holder) -> None:
+        self.transfers.holders_dropped += 1
         if self._holders.get(holder.address) is holder:
             del self._holders[holder.address]
         self._dead[holder.address] = time.monotonic()

@@ -70,6 +70,36 @@ class _NamesFile(Message):
         _check_filename(self.filename)
 
 
+#: Longest REL/PATH of a collection member `NAME/REL/PATH` (as p2pfs.collection.manifest.MAX_PATH_BYTES).
+MAX_MEMBER_PATH_BYTES = 4096
+# A name looked up (located, registered, asked a chunk of): a published name, or a collection's member
+# `NAME/REL/PATH` (docs/PROTOCOL.md §14). Only NAME is checked here; a REL/PATH that no manifest could hold
+# (`..`, empty components) is simply not found by whoever resolves it.
+LookupName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_FILENAME_BYTES + 1 + MAX_MEMBER_PATH_BYTES,
+        pattern=r"^(?!\.\.?(?:/|$))[^/\\\x00]+(?:/[^\x00]+)?$",
+    ),
+]
+
+
+class _LooksUpName(Message):
+    """A message whose `filename` is a published name or a member `NAME/REL/PATH` (checked in UTF-8 bytes)."""
+
+    filename: LookupName
+
+    def __post_init__(self) -> None:
+        name, _, path = self.filename.partition("/")
+        _check_filename(name)
+        if len(path.encode("utf-8", "surrogatepass")) > MAX_MEMBER_PATH_BYTES:
+            raise ValueError(f"member path longer than {MAX_MEMBER_PATH_BYTES} UTF-8 bytes")
+        bad = unsafe_character(path)
+        if bad is not None:
+            raise ValueError(f"filename contains a control character ({bad})")
+
+
 class RequestRegister(Message, tag="REQUEST_REGISTER"):
     address: tuple[Host, Port]
 
@@ -135,7 +165,7 @@ class ReplyFileList(Message, tag="REPLY_FILE_LIST", omit_defaults=True):
     collections: dict[str, Collection] | None = None
 
 
-class RequestFileLocation(_NamesFile, tag="REQUEST_FILE_LOCATION", omit_defaults=True):
+class RequestFileLocation(_LooksUpName, tag="REQUEST_FILE_LOCATION", omit_defaults=True):
     # extension: the asker understands `chunkranges`; the tracker may answer with ranges instead of lists
     ranges: bool = False
     # extension: also push news of this file (new holders, new chunks) on this connection, as
@@ -220,7 +250,7 @@ def _runs_of(numbers: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class RequestChunkRegister(_NamesFile, tag="REQUEST_CHUNK_REGISTER", omit_defaults=True):
+class RequestChunkRegister(_LooksUpName, tag="REQUEST_CHUNK_REGISTER", omit_defaults=True):
     chunknum: ChunkNumber
     # extension (batch form): every chunk number to register; `chunknum` is then the first of them, so a
     # tracker that knows only the seed's form still registers one
@@ -239,7 +269,20 @@ class ReplyUnpublish(_NamesFile, tag="REPLY_UNPUBLISH", omit_defaults=True):
     message: str = ""
 
 
-class PeerRequestChunk(_NamesFile, tag="PEER_REQUEST_CHUNK", omit_defaults=True):
+#: Bytes a PEER_STATS total may count (2^62: far beyond any uptime's traffic, still a JSON-safe int).
+ByteTotal = Annotated[int, msgspec.Meta(ge=0, le=1 << 62)]
+
+
+class PeerStats(Message, tag="PEER_STATS"):
+    """Extension: a registered peer's transfer totals since it started (chunk bytes sent to and received
+    from other peers), sent every second or two while they change; the tracker derives rates from
+    successive reports. No reply (an older tracker answers ERROR, which the peer takes as "stop")."""
+
+    uploaded: ByteTotal
+    downloaded: ByteTotal
+
+
+class PeerRequestChunk(_LooksUpName, tag="PEER_REQUEST_CHUNK", omit_defaults=True):
     chunknum: ChunkNumber
     # extension (binary fast path): ask for the chunk as raw bytes after the reply's header frame
     raw: bool = False
@@ -306,6 +349,7 @@ AnyMessage = (
     | AuthProof
     | RequestUnpublish
     | ReplyUnpublish
+    | PeerStats
 )
 
 #: The 12 message types of the seed's table, by wire name (ERROR is our addition).

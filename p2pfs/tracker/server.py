@@ -12,11 +12,14 @@ import msgspec
 from p2pfs.address import Address
 from p2pfs.errors import FrameTooLarge
 from p2pfs.net import ByteBudget, Connection, ConnectionClosed, env_seconds
+from p2pfs.observe.rates import PeerRates
+from p2pfs.observe.stats import TrackerStats
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import MAX_SMALL_FRAME, MAX_TRACKER_FRAME
 from p2pfs.security import OPEN, Security
 from p2pfs.server import FrameServer
+from p2pfs.tracker import members
 from p2pfs.tracker.registry import (
     NOT_REGISTERED,
     ChunkSet,
@@ -68,6 +71,8 @@ class TrackerServer(FrameServer):
             budget=ByteBudget(LARGE_FRAME_BUDGET, MAX_SMALL_FRAME),
         )
         self.registry = registry or Registry()
+        #: resolves collection members NAME/REL/PATH (fetching manifests from holders, as a peer would)
+        self.members = members.MemberResolver(security)
         self._address_of: dict[Connection, Address] = {}
         self._connection_of: dict[Address, Connection] = {}
         #: connections watching each file, and the files each connection watches
@@ -76,6 +81,9 @@ class TrackerServer(FrameServer):
         #: chunks registered per file and holder since the last update was pushed
         self._news: dict[str, dict[Address, ChunkSet]] = {}
         self._push_scheduled: set[str] = set()
+        self.stats: TrackerStats = TrackerStats()
+        #: upload and download rates of the peers that send PEER_STATS (for the dashboard)
+        self.peer_rates = PeerRates()
 
     async def start(self, host: str, port: int) -> Address:
         address = await super().start(host, port)
@@ -111,9 +119,15 @@ class TrackerServer(FrameServer):
 
     async def handle(self, conn: Connection, message: m.AnyMessage) -> None:
         if isinstance(message, m.RequestChunkRegister):
+            if "/" in message.filename:  # a member's chunks are its collection's
+                conn.send(members.register_refused(message.filename))
+                return
             await self._register_chunks(conn, message)
             return
-        reply = self._dispatch(conn, message)
+        if isinstance(message, m.RequestFileLocation) and "/" in message.filename:
+            reply: m.Message | None = await self.members.locate(self.registry, message)  # (answered, not watched)
+        else:
+            reply = self._dispatch(conn, message)
         if reply is not None:
             try:
                 conn.send(reply)
@@ -173,6 +187,10 @@ class TrackerServer(FrameServer):
             return m.ReplyPublish(result=True, message="")
         if isinstance(message, m.RequestUnpublish):
             return self._unpublish(registered, message.filename)
+        if isinstance(message, m.PeerStats):  # (no reply, as for REQUEST_CHUNK_REGISTER)
+            if registered is not None:
+                self.peer_rates.report(registered, message.uploaded, message.downloaded)
+            return None
         kind = type(message).__struct_config__.tag
         return m.Error(message=f"unexpected message type {kind} for a tracker", request=str(kind))
 
@@ -207,6 +225,7 @@ class TrackerServer(FrameServer):
                 if self._address_of.get(conn) != registered:  # (left or re-registered meanwhile)
                     return
             accepted = self.registry.register_chunks(registered, name, chunks[start : start + REGISTER_SLICE])
+            self.stats.count_registered(name, len(accepted))
             if accepted and name in self._watchers:  # (only files somebody watches make news)
                 self._add_news(name, registered, accepted)
 
@@ -300,6 +319,7 @@ class TrackerServer(FrameServer):
         if address is None or self._connection_of.get(address) is not conn:
             return
         del self._connection_of[address]
+        self.peer_rates.forget(address)
         delisted = self.registry.remove_peer(address)
         log.info("peer %s left%s", address, f"; delisted {', '.join(delisted)}" if delisted else "")
 

@@ -338,6 +338,14 @@ good_names = st.text(
     max_size=30,
 ).filter(lambda s: s not in (".", "..", NAME))
 not_a_string: st.SearchStrategy[Any] = st.sampled_from([0, 1.5, None, True, [], {}, ["w.bin"]])
+#: Where a name is looked up, a collection member NAME/REL/PATH is valid (docs/PROTOCOL.md §14): it is
+#: answered "not found" / "not shared here", not refused. Bad names for those requests leave such names out.
+LOOKUP_KINDS = ("PEER_REQUEST_CHUNK", "REQUEST_FILE_LOCATION", "REQUEST_CHUNK_REGISTER")
+bad_lookup_names = bad_names.filter(
+    lambda n: not re.fullmatch(r"(?!\.\.?/)[^/\\\x00]{1,255}/[^\x00]+", n)
+    or len(n.partition("/")[0].encode("utf-8", "surrogatepass")) > 255
+    or any(c in n for c in "\x1b\x07\x7f\x9b\u202e")
+)
 CHUNKNUM_TOKENS = [
     b"-1", b"-9223372036854775808", b"9223372036854775808", b"18446744073709551616", b"1" + b"0" * 100,
     b"262144", b"1.0", b"1.5", b"1e3", b"1e400", b"-0.0", b'"1"', b'"0x1"', b"true", b"false", b"null",
@@ -430,7 +438,8 @@ def wrong_field(draw: st.DrawFn) -> Step:
     field = draw(st.sampled_from(sorted(template)))
     if field == "filename":
         # a reply's `filename` echoes the request's and may be any string (PROTOCOL.md, PEER_REPLY_CHUNK)
-        value = draw(not_a_string if kind == "PEER_REPLY_CHUNK" else st.one_of(bad_names, not_a_string))
+        names = bad_lookup_names if kind in LOOKUP_KINDS else bad_names
+        value = draw(not_a_string if kind == "PEER_REPLY_CHUNK" else st.one_of(names, not_a_string))
     else:
         value = draw(st.sampled_from(WRONG[field]))
     obj = {**template, field: value}
@@ -480,7 +489,8 @@ def bad_filename(draw: st.DrawFn) -> Step:
         )
     )
     template, _ = TEMPLATES[kind]
-    return Step(compact({"type": kind, **template, "filename": draw(bad_names)}), "invalid", request=kind)
+    names = bad_lookup_names if kind in LOOKUP_KINDS else bad_names
+    return Step(compact({"type": kind, **template, "filename": draw(names)}), "invalid", request=kind)
 
 
 @st.composite

@@ -402,8 +402,28 @@ def test_existing_target_is_refused_and_left_untouched(
     before = snapshot(out)
     got = get(taddr, "tree", str(dest))
     line = one_error_line(got)
-    assert f"cannot download 'tree' to {target}: it exists" in line, line
+    why = "a directory with other content is there" if kind.endswith("directory") else "it exists"
+    assert f"cannot download 'tree' to {target}: {why}" in line, line
     assert snapshot(out) == before  # untouched, and no .part, .part.state or .part.manifest beside it
+
+
+def test_get_again_finds_the_tree_already_there_and_fetches_nothing(
+    tmp_path: Path, procs: Callable[..., Proc], taddr: str, out: Path, shared_tree: tuple[Path, Proc, str]
+) -> None:
+    first = get_done(taddr, "tree", out)
+    assert not first["already"]
+    before = snapshot(out)
+    again = get_done(taddr, "tree", out)  # the same arguments: out/tree is there, with the same bytes
+    assert again["already"] and again["sources"] == {} and again["files"] == first["files"], again
+    assert again["contentid"] == first["contentid"]
+    assert snapshot(out) == before  # nothing rewritten, nothing beside it
+    # a tree whose bytes differ is refused, and left as it is
+    member = next(p for p in sorted((out / "tree").rglob("*")) if p.is_file() and not p.is_symlink() and p.stat().st_size)
+    member.write_bytes(b"x" + member.read_bytes()[1:])
+    changed = snapshot(out)
+    line = one_error_line(get(taddr, "tree", str(out)))
+    assert "a directory with other content is there" in line, line
+    assert snapshot(out) == changed
 
 
 # -- hostile manifests -------------------------------------------------------------------------------------

@@ -601,3 +601,31 @@ def test_idle_holders_are_closed_only_to_make_room_for_a_candidate_that_has_some
     assert choose_holders(1, idle, [Candidate("A", 4)], rng) == ([], ["A"])  # a free slot first
     close, connect = choose_holders(1, idle, [Candidate(x, 1) for x in "ABCDE"], rng)
     assert len(connect) == 4 and close == idle  # one free slot and three idle ones
+
+
+# -- a fetch that grows (the mount): want, skip, urgent ---------------------------------------------
+def test_wanted_chunks_become_pickable_and_urgent_ones_come_first() -> None:
+    picker: Picker[str] = Picker(8, have=range(8), rng=random.Random(1))
+    picker.add_holder("a", range(8))
+    assert picker.complete and picker.pick("a") is None and picker.needed("a") == 0
+    assert picker.want([5, 6, 7]) == [5, 6, 7]
+    assert not picker.complete and picker.needed("a") == 3
+    picker.want([2], urgent=True)
+    assert picker.pick("a") == 2  # before the others, whatever their availability
+    assert picker.pick("a") in {5, 6, 7}
+    picker.want([6], urgent=True)  # already missing: made urgent
+    picks = {picker.pick("a"), picker.pick("a")}
+    assert None not in picks and 6 in picks | {c for c in picker.in_flight()}
+
+
+def test_skipped_chunks_are_no_longer_wanted_unless_in_flight() -> None:
+    picker: Picker[str] = Picker(4, have=[0, 1, 2, 3])
+    picker.add_holder("a", [0, 1])
+    picker.want([0, 1, 2])
+    assert picker.needed("a") == 2
+    chunk = picker.pick("a")
+    assert chunk in (0, 1)
+    assert sorted(picker.skip([0, 1, 2])) == sorted({0, 1, 2} - {chunk})
+    assert picker.needed("a") == 1  # only the chunk in flight is still wanted
+    assert picker.completed(chunk)  # type: ignore[arg-type]
+    assert picker.complete

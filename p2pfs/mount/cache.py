@@ -1,0 +1,237 @@
+"""The mount's chunk cache: every chunk it fetched, as one file per chunk under the cache directory
+(`DIR/CONTENT_ID/CHUNK_NUMBER`), bounded in bytes (the least recently read chunks go first), served to the
+swarm while it is there, and kept across mounts.
+
+A chunk file is written beside its final name and renamed into place only once the chunk was verified,
+so the directory listing is the cache's state log. On a remount nothing is trusted: a chunk file is
+hashed against the publisher's hash before its bytes are used or served, and one that does not match is
+deleted. Files published without chunk hashes (unverified) are cached for this mount only: the same name
+could stand for other bytes next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from p2pfs.mount.policy import LeastRecentlyRead
+from p2pfs.peer.storage import ChunkFile, StorageError
+
+log = logging.getLogger("p2pfs.mount")
+
+#: Where files without a content id are cached (emptied when a mount starts).
+UNVERIFIED = "unverified"
+
+#: A cache entry: (the file's cache key, chunk number)
+Key = tuple[str, int]
+
+
+class ChunkCache:
+    """The cache directory and its byte budget across every file of the mount."""
+
+    def __init__(self, root: Path, budget: int) -> None:
+        self.root = root
+        self.lru: LeastRecentlyRead[Key] = LeastRecentlyRead(budget)
+        #: files opened this mount, by cache key
+        self.files: dict[str, CachedFile] = {}
+        #: chunk files found on disk at start, by cache key (not verified yet)
+        self.found: dict[str, set[int]] = {}
+
+    def open(self) -> None:
+        """Create the directory, forget unverified leftovers, and take stock of what earlier mounts left
+        (oldest first by modification time, so the budget evicts those first)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(self.root / UNVERIFIED, ignore_errors=True)
+            entries: list[tuple[float, Key, int]] = []
+            for directory in self.root.iterdir():
+                if not directory.is_dir() or directory.name == UNVERIFIED:
+                    continue
+                for item in directory.iterdir():
+                    if item.name.endswith(".tmp"):
+                        item.unlink(missing_ok=True)
+                        continue
+                    if not item.name.isdigit():
+                        continue
+                    st = item.stat()
+                    entries.append((st.st_mtime, (directory.name, int(item.name)), st.st_size))
+        except OSError as exc:
+            raise StorageError(f"cannot use the cache directory {self.root}: {exc.strerror}") from None
+        for _, key, nbytes in sorted(entries):
+            self.found.setdefault(key[0], set()).add(key[1])
+            self._evict(self.lru.add(key, nbytes))
+
+    def file(
+        self, name: str, content_id: str | None, filesize: int, chunk_size: int, expected: list[str] | None
+    ) -> CachedFile:
+        """The cached chunks of one published file (content id None: unverified, cached for this mount)."""
+        key = content_id if content_id is not None else f"{UNVERIFIED}/{hashlib.sha256(name.encode()).hexdigest()}"
+        cached = self.files.get(key)
+        if cached is None:
+            directory = self.root / key
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create {directory}: {exc.strerror}") from None
+            cached = CachedFile(self, key, name, directory, filesize, chunk_size, expected)
+            cached.on_disk = {c for c in self.found.pop(key, set()) if c < cached.chunk_count}
+            self.files[key] = cached
+        return cached
+
+    def added(self, cached: CachedFile, chunk: int) -> None:
+        self._evict(self.lru.add((cached.key, chunk), cached.chunk_length(chunk)))
+
+    def touch(self, cached: CachedFile, chunks: range) -> None:
+        for chunk in chunks:
+            self.lru.touch((cached.key, chunk))
+
+    def _evict(self, keys: list[Key]) -> None:
+        for key, chunk in keys:
+            cached = self.files.get(key)
+            if cached is not None:
+                cached.drop(chunk)
+            else:
+                self.found.get(key, set()).discard(chunk)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / key / str(chunk))
+
+
+class CachedFile(ChunkFile):
+    """The chunks of one file that this mount holds, as the chunk server and the transfer engine see a
+    file (a ChunkFile with no descriptor of its own: each chunk is a file in `path`)."""
+
+    def __init__(
+        self,
+        cache: ChunkCache,
+        key: str,
+        name: str,
+        directory: Path,
+        filesize: int,
+        chunk_size: int,
+        expected: list[str] | None,
+    ) -> None:
+        super().__init__(name, directory, filesize, chunk_size, -1)
+        self.cache = cache
+        self.key = key
+        self.expected = expected
+        #: chunk files left by an earlier mount, not verified yet
+        self.on_disk: set[int] = set()
+        #: called on the event loop when a chunk becomes held (verified and in place)
+        self.on_chunk: Callable[[int], None] | None = None
+        #: chunks that became held by a fetch (for the figures at unmount)
+        self.fetched = 0
+
+    def chunk_path(self, chunk: int) -> Path:
+        return self.path / str(chunk)
+
+    def write_at(self, chunk: int, data: bytes | bytearray | memoryview) -> None:
+        """In a verify thread: the verified chunk's bytes to its file (renamed into place complete)."""
+        final = self.chunk_path(chunk)
+        tmp = final.with_name(f"{chunk}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            with memoryview(data) as view:
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+
+    def mark(self, chunk: int, digest: str) -> None:
+        super().mark(chunk, digest)
+        self.on_disk.discard(chunk)
+        self.fetched += 1
+        self._held(chunk)
+
+    def _held(self, chunk: int) -> None:
+        self.cache.added(self, chunk)
+        if self.on_chunk is not None and chunk in self.have:
+            self.on_chunk(chunk)
+
+    def read_range(self, chunk: int, start: int, length: int) -> bytes:
+        """`length` bytes of a held chunk from `start` within it. FileNotFoundError if it was evicted."""
+        fd = os.open(self.chunk_path(chunk), os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            data = os.pread(fd, length, start)
+        finally:
+            os.close(fd)
+        if len(data) != length:
+            raise StorageError(f"{self.chunk_path(chunk)}: short chunk file (changed on disk?)")
+        return data
+
+    def read_chunk(self, chunk: int) -> bytes:
+        try:
+            return self.read_range(chunk, 0, self.chunk_length(chunk))
+        except FileNotFoundError:
+            raise StorageError(f"chunk {chunk} of {self.name} left the cache") from None
+
+    def read_into(self, chunk: int, view: memoryview) -> int:
+        data = self.read_chunk(chunk)
+        view[: len(data)] = data
+        return len(data)
+
+    def verify_on_disk(self, chunk: int) -> bool:
+        """Blocking (a thread): hash a chunk file an earlier mount left; True if it matches the
+        publisher's hash (then `keep_verified` it on the event loop), else it is deleted."""
+        if self.expected is None:
+            return False
+        try:
+            data = self.read_range(chunk, 0, self.chunk_length(chunk))
+        except (OSError, StorageError):
+            data = b""
+        if hashlib.sha256(data).hexdigest() == self.expected[chunk]:
+            return True
+        with contextlib.suppress(OSError):
+            os.unlink(self.chunk_path(chunk))
+        return False
+
+    def keep_verified(self, chunk: int) -> None:
+        """On the event loop: a chunk file from an earlier mount was verified; it is held again."""
+        assert self.expected is not None
+        self.on_disk.discard(chunk)
+        if chunk not in self.have:
+            super().mark(chunk, self.expected[chunk])
+            self._held(chunk)
+
+    def discard_on_disk(self, chunk: int) -> None:
+        """On the event loop: a chunk file from an earlier mount did not verify (and was deleted)."""
+        self.on_disk.discard(chunk)
+        self.cache.lru.remove((self.key, chunk))
+
+    def drop(self, chunk: int) -> None:
+        """Evicted: no longer held or served, and its file goes."""
+        self.have.discard(chunk)
+        self.digests.pop(chunk, None)
+        self.on_disk.discard(chunk)
+        self.cache.lru.remove((self.key, chunk))
+        with contextlib.suppress(OSError):
+            os.unlink(self.chunk_path(chunk))
+
+    def close(self) -> None:
+        pass
+
+
+class CachePart:
+    """The engine's view of a fetch into the cache (transfer.Part): the cache itself is the log."""
+
+    def __init__(self, shared: CachedFile) -> None:
+        self._shared = shared
+        self.candidates: dict[int, str] = {}
+
+    @property
+    def shared(self) -> ChunkFile:
+        return self._shared
+
+    def resume_chunks(self) -> list[int]:
+        return []
+
+    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]:
+        return []
+
+    def record(self, chunk: int, digest: str) -> None:
+        pass
