@@ -426,6 +426,19 @@ def upload_rows(case: Case, results: Sequence[RunResult], size: int) -> list[Row
             f"{m * MiB / size:.2f} × F",
         ),
     ]
+    if "tracker" in results[0].sent:
+        # issue 12: a tracker on a shaped uplink must not slow a swarm; what it sends is the measure
+        rates = [r.sent["tracker"] / r.makespan / 1024 for r in results]
+        mr = median(rates)
+        rows.append(
+            Row(
+                case.title,
+                "tracker sent (tx_bytes / makespan)",
+                f"{mr:.1f} KiB/s",
+                _runs(rates, ".1f"),
+                f"{mr * 1024 * 8 / 100e6:.2%} of a 100 Mbit/s uplink",
+            )
+        )
     if results[0].sources:
         served = [float(r.served("seeder")) for r in results]
         ms = median(served)

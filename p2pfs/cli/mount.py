@@ -12,6 +12,7 @@ from pathlib import Path
 
 from p2pfs.cli.common import (
     UsageError,
+    add_http_option,
     add_rate_options,
     add_security_options,
     byte_size,
@@ -19,7 +20,9 @@ from p2pfs.cli.common import (
     port_number,
     rates_of,
     security_of,
+    start_http,
     start_peer,
+    stop_http,
     stop_on_signals,
     tracker_addresses,
     trackers_of,
@@ -84,6 +87,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--host", default="0.0.0.0", help="address to serve cached chunks on (default 0.0.0.0)")
     p.add_argument("--port", type=port_number, default=0, help="port to serve them on (default 0: any free port)")
     add_rate_options(p)
+    add_http_option(p, "/metrics (Prometheus)")
     add_security_options(p)
 
 
@@ -115,8 +119,10 @@ async def run_mount(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     fs = MountFS(peer, cache, args.read_timeout)
     mounted = False
+    http = None
     try:
         say(f"listening on {peer.address}")
+        http = await start_http(args, peer=peer)
         await connect_tracker(peer, trackers)
         await fs.refresh(timeout=10.0)
         pyfuse3_asyncio.enable()
@@ -146,6 +152,7 @@ async def run_mount(args: argparse.Namespace) -> int:
             with contextlib.suppress(Exception):
                 pyfuse3.close(unmount=True)
         await fs.close()
+        await stop_http(http)
         reads = sum(f.reads for f in fs.fetchers.values())
         touched = sum(f.chunks_touched for f in fs.fetchers.values())
         fetched = sum(f.cached.fetched for f in fs.fetchers.values())

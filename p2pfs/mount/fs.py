@@ -29,7 +29,6 @@ from p2pfs.mount import policy
 from p2pfs.mount.cache import ChunkCache
 from p2pfs.mount.fetcher import Fetcher, ReadFailed
 from p2pfs.peer.node import Peer
-from p2pfs.peer.transfer import Download
 from p2pfs.protocol import messages as m
 
 log = logging.getLogger("p2pfs.mount")
@@ -185,15 +184,7 @@ class MountFS(pyfuse3.Operations):
         async with self._locks.setdefault(key, asyncio.Lock()):
             if node.loaded:
                 return
-            dl = Download(
-                self.peer.tracker,
-                self.peer.library,
-                node.name,
-                Path(node.name),
-                raw=self.peer.raw,
-                security=self.peer.security,
-                serve=False,
-            )
+            dl = self.peer.new_download(node.name, Path(node.name), serve=False)
             from p2pfs.collection.member import fetch_manifest
 
             async with asyncio.timeout(self.read_timeout):
@@ -249,15 +240,7 @@ class MountFS(pyfuse3.Operations):
             if found is not None:
                 return found
             peer = self.peer
-            dl = Download(
-                peer.tracker,
-                peer.library,
-                node.name,
-                Path(node.name),
-                self_address=peer.self_address,
-                raw=peer.raw,
-                security=peer.security,
-            )
+            dl = peer.new_download(node.name, Path(node.name))
             async with asyncio.timeout(self.read_timeout):
                 location, filesize, _, chunk_size = await dl.locate()
             if location.contentid != node.content_id or filesize != node.stream_size:

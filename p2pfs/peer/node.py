@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from p2pfs import ratelimit
 from p2pfs.address import Address
@@ -267,20 +268,25 @@ class Peer:
             raise FileNotPublished(f"{name!r} is not listed by the tracker")
         return info[0]
 
-    async def manifest(self, name: str) -> Manifest:
-        """Fetch and check the manifest of the collection `name` (not served; `close()` it after use)."""
-        dl = Download(
+    def new_download(self, name: str, dest: Path, **options: Any) -> Download:
+        """A Download of `name` through this peer: its tracker, library, wire, security, download cap
+        and transfer counters (`options`: Download's others, e.g. `serve=False`, `on_progress`)."""
+        return Download(
             self.tracker,
             self.library,
             name,
-            Path("."),
+            dest,
+            self_address=self.self_address,
             raw=self.raw,
             security=self.security,
-            serve=False,
             rate_limit=self.download_limit,
             transfers=self.transfers,
+            **options,
         )
-        return await fetch_manifest(dl)
+
+    async def manifest(self, name: str) -> Manifest:
+        """Fetch and check the manifest of the collection `name` (not served; `close()` it after use)."""
+        return await fetch_manifest(self.new_download(name, Path("."), serve=False))
 
     async def file_list(self) -> m.ReplyFileList:
         return await self.tracker.file_list()
@@ -298,19 +304,7 @@ class Peer:
         first = name not in self._downloading  # (a second download of the name is refused by Download)
         self._downloading.add(name)
         try:
-            result = await Download(
-                self.tracker,
-                self.library,
-                name,
-                dest,
-                self_address=self.self_address,
-                on_progress=on_progress,
-                raw=self.raw,
-                security=self.security,
-                force=force,
-                rate_limit=self.download_limit,
-                transfers=self.transfers,
-            ).run()
+            result = await self.new_download(name, dest, on_progress=on_progress, force=force).run()
             if result.content_id is not None and name in self.library:
                 # Now a complete holder: publish (joining the listed file) so the tracker counts this copy
                 # whole even if a chunk registration was lost, or if the file was delisted meanwhile.

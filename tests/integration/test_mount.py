@@ -261,3 +261,24 @@ def test_a_collection_is_a_directory_of_its_members(
         assert (mnt / "ds" / rel).read_bytes() == (root / rel).read_bytes(), rel
     data = (root / "a" / "deep" / "data.bin").read_bytes()
     assert pread(mnt / "ds" / "a" / "deep" / "data.bin", CHUNK - 3, CHUNK + 10) == data[CHUNK - 3 : 2 * CHUNK + 7]
+
+
+def test_http_serves_the_mounts_metrics(
+    tracker: tuple[Proc, str], procs: Callable[..., Proc], mounts: Callable[..., Proc], files: dict[str, Path], tmp_path: Path
+) -> None:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, taddr = tracker
+    share(procs, taddr, [files["big.bin"]])
+    mnt = tmp_path / "mnt"
+    proc = mounts(taddr, mnt, tmp_path / "cache", "--http", "127.0.0.1:0")
+    url = proc.expect_err(r"metrics on (http://\S+)").group(1)
+    assert (mnt / "big.bin").read_bytes() == files["big.bin"].read_bytes()
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        text = reply.read().decode()
+    values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    # every byte read through the mount was fetched (and verified) by its peer
+    assert values["p2pfs_peer_downloaded_bytes_total"] >= files["big.bin"].stat().st_size
+    assert values["p2pfs_peer_chunks_verified_total"] == 65
