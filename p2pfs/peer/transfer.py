@@ -498,6 +498,10 @@ class Download:
             self._early_wants.append((list(chunks), urgent))
             return
         wanted = [c for c in chunks if 0 <= c < shared.chunk_count and c not in shared.have]
+        with self._claim_lock:  # (a chunk held once and evicted since is written again when it comes)
+            for chunk in wanted:
+                if chunk not in self._incoming:
+                    self._claimed.discard(chunk)
         for chunk in wanted:
             self._skipped.discard(chunk)
         if self._picker.want(wanted, urgent) or urgent:
