@@ -22,29 +22,8 @@ from p2pfs.collection.store import CollectionStore, MemberIndex
 from p2pfs.errors import FileNotPublished, P2PFSError, ProtocolError
 from p2pfs.peer import destination, storage
 from p2pfs.peer.storage import ChunkFile, StorageError
-from p2pfs.peer.transfer import Download, DownloadResult
+from p2pfs.peer.transfer import Download, DownloadResult, UnloggedPart
 from p2pfs.protocol import messages as m
-
-
-class _Unlogged:
-    """A Part with no state log: nothing is resumed, nothing recorded."""
-
-    def __init__(self, shared: ChunkFile) -> None:
-        self._shared = shared
-        self.candidates: dict[int, str] = {}
-
-    @property
-    def shared(self) -> ChunkFile:
-        return self._shared
-
-    def resume_chunks(self) -> list[int]:
-        return []
-
-    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]:
-        return []
-
-    def record(self, chunk: int, digest: str) -> None:
-        pass
 
 
 @dataclass
@@ -74,7 +53,7 @@ async def fetch_manifest(dl: Download) -> Manifest:
     store = CollectionStore(dl.name, Path(dl.name), filesize, chunk_size, fd, info.manifestsize, writable=True)
     try:
         os.ftruncate(fd, info.manifestsize)
-        await dl.fetch(_Unlogged(store), location, False, skip=range(store.manifest_chunks, chunk_count))
+        await dl.fetch(UnloggedPart(store), location, False, skip=range(store.manifest_chunks, chunk_count))
         try:
             header, index = collection_part.check(fd, info.manifestsize)
         except ManifestError as exc:
@@ -150,7 +129,7 @@ async def download_member(dl: Download, collection: str, path: str, started: flo
                 end = -(-(start + entry.size) // store.chunk_size)
                 others = [c for c in range(store.chunk_count) if not first <= c < end]
                 fresh = await dl.tracker.locations(collection, watch=True, known_content_id=manifest.location.contentid)
-                await dl.fetch(_Unlogged(member), fresh, False, skip=others)
+                await dl.fetch(UnloggedPart(member), fresh, False, skip=others)
             os.fchmod(fd, (0o755 if entry.x else 0o644) & ~collection_part.UMASK)
             destination.check_replaceable(final)
             storage.finish_part(member, final)

@@ -214,24 +214,3 @@ class CachedFile(ChunkFile):
 
     def close(self) -> None:
         pass
-
-
-class CachePart:
-    """The engine's view of a fetch into the cache (transfer.Part): the cache itself is the log."""
-
-    def __init__(self, shared: CachedFile) -> None:
-        self._shared = shared
-        self.candidates: dict[int, str] = {}
-
-    @property
-    def shared(self) -> ChunkFile:
-        return self._shared
-
-    def resume_chunks(self) -> list[int]:
-        return []
-
-    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]:
-        return []
-
-    def record(self, chunk: int, digest: str) -> None:
-        pass

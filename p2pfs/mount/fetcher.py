@@ -12,9 +12,9 @@ import time
 
 from p2pfs.errors import P2PFSError, TrackerError, TrackerUnavailable
 from p2pfs.mount import policy
-from p2pfs.mount.cache import CachedFile, CachePart
+from p2pfs.mount.cache import CachedFile
 from p2pfs.peer.storage import StorageError
-from p2pfs.peer.transfer import Download
+from p2pfs.peer.transfer import Download, UnloggedPart
 from p2pfs.protocol import messages as m
 
 log = logging.getLogger("p2pfs.mount")
@@ -40,7 +40,7 @@ class Fetcher:
         self.dl = dl
         self.cached = cached
         self.read_timeout = read_timeout
-        self._part = CachePart(cached)
+        self._part = UnloggedPart(cached)
         self._location = location
         self._located = time.monotonic()
         self._stale = False

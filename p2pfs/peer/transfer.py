@@ -101,6 +101,28 @@ class Part(Protocol):
     def record(self, chunk: int, digest: str) -> None: ...
 
 
+class UnloggedPart:
+    """A Part with no state log: nothing is resumed, nothing recorded (a private fetch, or a mount's
+    cache, whose chunk files are their own record)."""
+
+    def __init__(self, shared: ChunkFile) -> None:
+        self._shared = shared
+        self.candidates: dict[int, str] = {}
+
+    @property
+    def shared(self) -> ChunkFile:
+        return self._shared
+
+    def resume_chunks(self) -> list[int]:
+        return []
+
+    def keep_resumed(self, digests: dict[int, str | None], expected: list[str] | None) -> list[int]:
+        return []
+
+    def record(self, chunk: int, digest: str) -> None:
+        pass
+
+
 @dataclass
 class Progress:
     name: str
