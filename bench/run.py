@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import (
     collections,
+    failover,
     hashing,
     hostile_latency,
     libtorrent_side,
@@ -57,6 +58,7 @@ BENCHMARKS: dict[str, Callable[[Context], None]] = {
     "ratelimit": ratelimit.run,
     "libtorrent": libtorrent_side.run,
     "tracker": tracker_load.run,
+    "failover": failover.run,
 }
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 

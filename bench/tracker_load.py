@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import failover
 from bench.common import (
     HOST,
     REPO,
@@ -200,7 +201,7 @@ def percentile(values: list[float], q: float) -> float:
 class Driver:
     def __init__(
         self,
-        tracker: tuple[str, int],
+        tracker: list[tuple[str, int]],
         tracker_pid: int,
         peers: int,
         rounds: int,
@@ -236,17 +237,17 @@ class Driver:
         loop = asyncio.get_running_loop()
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-        async def one() -> PeerConnection:
-            async with gate:
+        async def one(i: int) -> PeerConnection:
+            async with gate:  # (several trackers: the peers are spread over them in turn)
                 transport, proto = await loop.create_connection(
-                    lambda: PeerConnection(self.stats), *self.tracker
+                    lambda: PeerConnection(self.stats), *self.tracker[i % len(self.tracker)]
                 )
                 proto.transport = transport  # uvloop may call connection_made only on the next loop turn
                 return proto
 
         started = time.monotonic()
         overflows = listen_overflows()
-        self.conns = list(await asyncio.gather(*(one() for _ in range(self.peers))))
+        self.conns = list(await asyncio.gather(*(one(i) for i in range(self.peers))))
         self.result["connect_s"] = time.monotonic() - started
         self.result["listen_overflows"] = listen_overflows() - overflows
         m = self.m
@@ -268,11 +269,31 @@ class Driver:
                 ("PUBLISH",),
             )
         await asyncio.gather(*(c.idle() for c in self.conns[:FILES]))
+        await self.listed_everywhere()
         for _ in range(self.peers):
             order = list(range(CHUNKS))
             self.rng.shuffle(order)
             self.chunk_order.append(order)
         self.check("setup")
+
+    async def listed_everywhere(self) -> None:
+        """With trackers sharing a store: wait until each lists every file (publishes travel by Redis)."""
+        if len(self.tracker) == 1:
+            return
+        m = self.m
+        for host, port in self.tracker:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                for _ in range(1000):
+                    body = self.framing.encode(m.RequestFileList())
+                    writer.write(body)
+                    length = int.from_bytes(await reader.readexactly(4), "big")
+                    reply = json.loads(await reader.readexactly(length))
+                    if len(reply.get("filelist") or {}) >= FILES:
+                        break
+                    await asyncio.sleep(0.01)  # (bounded polling of another tracker's state)
+            finally:
+                writer.close()
 
     def check(self, phase: str) -> None:
         if self.stats.errors or self.stats.lost:
@@ -441,26 +462,33 @@ def drive(argv: list[str]) -> int:
     parser.add_argument("--location-every", type=int, default=LOCATION_EVERY)
     args = parser.parse_args(argv)
     raise_nofile_limit(args.peers + 1024)
-    host, port = args.tracker.rsplit(":", 1)
+    trackers = [(h, int(p)) for h, p in (t.rsplit(":", 1) for t in args.tracker.split(","))]
     from p2pfs.net import install_event_loop_policy
 
     install_event_loop_policy()  # uvloop, like the tracker
     driver = Driver(
-        (host, int(port)), args.tracker_pid, args.peers, args.rounds, args.quick, args.location_every
+        trackers, args.tracker_pid, args.peers, args.rounds, args.quick, args.location_every
     )
     result = asyncio.run(driver.run())
     print(json.dumps(result), flush=True)
     return 0
 
 
-def measure(ctx: Context) -> dict[str, Any]:
+def measure(ctx: Context, store_trackers: int = 0) -> dict[str, Any]:
+    """One run of the load on one tracker with the memory store (`store_trackers` 0), or on that many
+    trackers sharing one Redis, the peers spread over them."""
     peers = QUICK_PEERS if ctx.quick else PEERS
     rounds = 5 if ctx.quick else ROUNDS
     raise_nofile_limit(peers + 1024)  # inherited by the tracker and the driver
     with children() as procs:
-        tracker = start_tracker(procs)
-        pid = procs[0].pid
-        print(f"  tracker load: {peers} peers, {rounds} rounds each (+ echo, paced phases)", flush=True)
+        if store_trackers:
+            url = failover.start_redis(procs, ctx.dir("tracker-redis"))
+            tracker = ",".join(start_tracker(procs, ["--store", url]) for _ in range(store_trackers))
+        else:
+            tracker = start_tracker(procs)
+        pid = procs[1 if store_trackers else 0].pid  # (the first tracker, after Redis)
+        where = f"{store_trackers} tracker(s) on Redis" if store_trackers else "memory store"
+        print(f"  tracker load ({where}): {peers} peers, {rounds} rounds each (+ echo, paced phases)", flush=True)
         driver = Proc(
             [
                 sys.executable,
@@ -484,8 +512,8 @@ def measure(ctx: Context) -> dict[str, Any]:
         if driver.wait(900) != 0 or not driver.stdout:
             raise BenchError(f"tracker driver failed: {driver.describe()}")
         result: dict[str, Any] = json.loads(driver.stdout[-1])
-        if not procs[0].running:
-            raise BenchError(f"the tracker died: {procs[0].describe()}")
+        if not all(p.running for p in procs if p is not driver):
+            raise BenchError(f"a tracker died: {'; '.join(p.describe() for p in procs if not p.running)}")
     print(
         f"    run: saturated {result['saturated_msgs_per_s']:,.0f} msgs/s; FILE_LIST p99 at "
         f"{PACED_RATE:,} offered {result['paced_list_p99_ms']:.1f} ms",
@@ -500,6 +528,9 @@ SELF = math.nan
 
 def run(ctx: Context) -> None:
     runs = [measure(ctx) for _ in range(ctx.runs)]
+    redis_runs = (
+        {n: [measure(ctx, n) for _ in range(ctx.runs)] for n in (1, 2)} if failover.REDIS_SERVER else {}
+    )
 
     def med(key: str) -> tuple[float, list[float]]:
         values = [float(r[key]) for r in runs]
@@ -597,6 +628,33 @@ def run(ctx: Context) -> None:
         ("tracker_hwm_mib", "tracker peak RSS (VmHWM)"),
     ):
         add(label, key, "MiB", start, f"× fresh tracker, {start:.1f} MiB")
+    memory = {
+        key: med(key)[0]
+        for key in (
+            "saturated_msgs_per_s",
+            "paced_list_p99_ms",
+            "paced_location_p99_ms",
+            "half_list_p99_ms",
+            "half_location_p99_ms",
+            "tracker_hwm_mib",
+        )
+    }
+    for n, store_runs in redis_runs.items():
+        where = f"Redis store, {n} tracker{'s' if n > 1 else ''}"
+        for key, label, unit in (
+            ("saturated_msgs_per_s", "saturated", "msgs/s"),
+            ("paced_list_p99_ms", f"paced at {PACED_RATE:,} msgs/s offered: REPLY_FILE_LIST p99", "ms"),
+            ("paced_location_p99_ms", f"paced at {PACED_RATE:,} msgs/s offered: REPLY_FILE_LOCATION p99", "ms"),
+            # (below saturation, where latency is the store's own cost rather than a queue's length)
+            ("half_list_p99_ms", "paced at half its saturated rate: REPLY_FILE_LIST p99", "ms"),
+            ("half_location_p99_ms", "paced at half its saturated rate: REPLY_FILE_LOCATION p99", "ms"),
+            ("tracker_hwm_mib", "first tracker's peak RSS (VmHWM)", "MiB"),
+        ):
+            samples = [float(r[key]) for r in store_runs]
+            value = median(samples)
+            ctx.add(
+                Figure(BENCH, f"{where}: {label}", value, unit, samples, ratio=value / memory[key], ratio_of="× memory store")
+            )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from p2pfs.errors import P2PFSError, TrackerUnavailable
 from p2pfs.net import install_event_loop_policy, quiet_tls_failures
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
 from p2pfs.safetext import LiteralFormatter, literal
+from p2pfs.tracker.store import DEFAULT_LEASE, check_store
 
 GET_USAGE = "p2pfs get [options] NAME [DEST]\n       p2pfs get [options] NAME... -d DIR"
 
@@ -54,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, help="listen at once on this port (0: any free port)")
     p.add_argument("--no-shell", action="store_true", help="read no input; run until SIGINT/SIGTERM")
     add_http_option(p, "the dashboard at /, the JSON API at /api/, Prometheus metrics at /metrics")
+    p.add_argument(
+        "--store",
+        default="memory",
+        type=store_spec,
+        metavar="memory|redis://HOST:PORT/DB",
+        help="where the tracker's state lives: memory (the default: this tracker alone), or a Redis that "
+        "several trackers share to serve one swarm (also rediss://, and a password as redis://:PASS@HOST)",
+    )
+    p.add_argument(
+        "--lease",
+        type=lease_seconds,
+        default=DEFAULT_LEASE,
+        metavar="SECONDS",
+        help=f"with a Redis store: how long a peer stays registered after its tracker died "
+        f"(default {DEFAULT_LEASE:.0f})",
+    )
     add_security_options(p)
 
     p = sub.add_parser("peer", help="run a peer shell (connect, publish, list_file, download, unpublish)")
@@ -127,6 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     unpublish.add_parser(sub)
     mount_command.add_parser(sub)
     return parser
+
+
+def store_spec(text: str) -> str:
+    """`--store`: memory, or a Redis URL (checked here, connected to when the tracker starts)."""
+    try:
+        check_store(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def lease_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad lease {text!r}: a number of seconds") from None
+    if not 0.3 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"bad lease {text!r}: between 0.3 and 3600 seconds")
+    return value
 
 
 def add_tracker_option(p: argparse.ArgumentParser, help: str = "the tracker") -> None:

@@ -60,10 +60,18 @@ class Command:
     handler: Handler
     #: what each argument completes to (see ArgCompletion; missing: nothing)
     complete: tuple[ArgCompletion, ...] = ()
+    #: the arguments may be given again, as a whole group, any number of times (`connect H P H P`)
+    repeat: bool = False
 
     @property
     def usage(self) -> str:
+        # (the seed's usage line, even where the group may repeat: `help` says so)
         return " ".join([self.name, *(f"<{a}>" for a in self.args)])
+
+    def arity_ok(self, count: int) -> bool:
+        if not self.repeat or not self.args:
+            return count == len(self.args)
+        return count >= len(self.args) and count % len(self.args) == 0
 
 
 class Shell:
@@ -87,10 +95,11 @@ class Shell:
         help: str,
         handler: Handler,
         complete: Sequence[ArgCompletion] = (),
+        repeat: bool = False,
     ) -> None:
         """`complete`: what each argument completes to on a terminal (PATH: local paths; a callable: the
-        names it returns; None: nothing)."""
-        self.commands[name] = Command(name, args, help, handler, tuple(complete))
+        names it returns; None: nothing). `repeat`: the group of arguments may be given several times."""
+        self.commands[name] = Command(name, args, help, handler, tuple(complete), repeat)
 
     async def _help(self) -> None:
         width = max(len(c.usage) for c in self.commands.values())
@@ -108,7 +117,7 @@ class Shell:
         command = self.commands.get(words[0])
         if command is None:
             return self._failure(f"unknown command: {words[0]} (type help for the commands)")
-        if len(words) - 1 != len(command.args):
+        if not command.arity_ok(len(words) - 1):
             return self._failure(f"usage: {command.usage}")
         try:
             await command.handler(*words[1:])

@@ -29,11 +29,12 @@ from p2pfs.peer import destination, partfile, storage
 from p2pfs.peer.node import Peer
 from p2pfs.peer.transfer import Progress
 from p2pfs.tracker.server import TrackerServer
+from p2pfs.tracker.store import open_store
 
 
 # -- tracker -----------------------------------------------------------------------------------------
 async def run_tracker(args: argparse.Namespace) -> int:
-    server = TrackerServer(security=security_of(args))
+    server = TrackerServer(security=security_of(args), store=open_store(args.store, args.lease))
     stop = stop_on_signals() if args.no_shell else None
     http = None
     try:
@@ -115,12 +116,14 @@ def peer_shell(peer: Peer) -> Shell:
     #: the names of the last `list_file`, offered when completing `download`'s first argument
     listed: list[str] = []
 
-    async def connect(host: str, port: str) -> None:
+    async def connect(*words: str) -> None:
+        # (several trackers sharing a store: the first that answers is used, the others are where a
+        # lost one fails over to, as with --tracker H:P,H:P)
         try:
-            tracker = Address.of(host, port)
+            trackers = [Address.of(host, port) for host, port in zip(words[::2], words[1::2], strict=True)]
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        await peer.connect(tracker)
+        tracker = await peer.connect_first(trackers)
         say(f"connected to tracker {tracker}")
 
     async def publish(localfile: str) -> None:
@@ -163,7 +166,12 @@ def peer_shell(peer: Peer) -> Shell:
         shell.running = False
 
     shell.add(
-        "connect", ("trackerip", "trackerport"), "join the swarm through this tracker", connect, (None, None)
+        "connect",
+        ("trackerip", "trackerport"),
+        "join the swarm through this tracker (several: ip port ip port ..., the first that answers)",
+        connect,
+        (None, None),
+        repeat=True,
     )
     shell.add("publish", ("localfile",), "share a local file", publish, (PATH,))
     shell.add("list_file", (), "show the files the tracker knows", list_file)

@@ -119,6 +119,8 @@ class Peer:
         """Register with `tracker`, then announce what this peer already holds: whole files are published
         again and chunks of unfinished downloads registered, so a new or restarted tracker knows them."""
         assert self.address is not None, "start() first"
+        if tracker not in self.tracker.trackers:  # (a tracker named alone: no other to fail over to)
+            self.tracker.trackers = [tracker]
         await self.tracker.connect(tracker, self.address)
         await self.announce()
 
@@ -127,6 +129,7 @@ class Peer:
         holds, unless not `register`: then only to ask, as `p2pfs ls` does); the tracker used. The last
         one's TrackerUnavailable if none answers."""
         last: TrackerUnavailable | None = None
+        self.tracker.trackers = list(trackers)  # (the ones a lost tracker fails over to)
         for tracker in trackers:
             try:
                 if register:

@@ -60,6 +60,8 @@ class TrackerClient:
         #: our address as the tracker recorded it (REPLY_REGISTER's extension field), if it said
         self.registered_as: Address | None = None
         self.auto_reconnect = auto_reconnect
+        #: the trackers of the swarm (`--tracker H:P,H:P`): a lost one is replaced by the next that answers
+        self.trackers: list[Address] = []
         self._server_address: Address | None = None
         self._conn: Connection | None = None
         self._pending: collections.deque[asyncio.Future[m.AnyMessage]] = collections.deque()
@@ -129,19 +131,33 @@ class TrackerClient:
         if conn is not None:
             await conn.aclose()
 
+    def _failover_order(self, lost: Address) -> list[Address]:
+        """The trackers to try after losing `lost`: the ones after it in the list, then the ones before,
+        then `lost` itself (trackers sharing a store serve the same swarm, so any will do)."""
+        others = self.trackers
+        if lost not in others:
+            return [*others, lost]
+        at = others.index(lost)
+        return [*others[at + 1 :], *others[:at], lost]
+
     async def _reconnect(self) -> None:
         delay = RECONNECT_FIRST_DELAY
-        tracker = self.address
-        assert tracker is not None
+        lost = self.address
+        assert lost is not None
         while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._open(tracker, self._server_address)
-            except P2PFSError as exc:  # (unreachable, refused, or failed admission: all retried)
-                log.debug("reconnection to tracker %s failed: %s", tracker, exc)
+            order = self._failover_order(lost)
+            if len(order) == 1:
+                await asyncio.sleep(delay)
+            tracker = await self._open_first(order)
+            if tracker is None:
+                if len(order) > 1:  # (every one failed: wait before the next round)
+                    await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
-            self._status(f"tracker {tracker} is back: registered again")
+            if tracker == lost:
+                self._status(f"tracker {tracker} is back: registered again")
+            else:
+                self._status(f"failed over from tracker {lost} to tracker {tracker}: registered there")
             if self._on_reconnected is not None:
                 try:
                     await self._on_reconnected()
@@ -152,6 +168,18 @@ class TrackerClient:
                 self._reconnecting = None
                 return
             delay = RECONNECT_FIRST_DELAY
+            lost = tracker
+
+    async def _open_first(self, order: list[Address]) -> Address | None:
+        """Connect and register with the first of `order` that accepts us; None if none does."""
+        for tracker in order:
+            try:
+                await self._open(tracker, self._server_address)
+            except P2PFSError as exc:  # (unreachable, refused, or failed admission: all retried)
+                log.debug("reconnection to tracker %s failed: %s", tracker, exc)
+                continue
+            return tracker
+        return None
 
     def _status(self, line: str) -> None:
         log.info("%s", line)

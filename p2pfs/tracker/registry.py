@@ -289,6 +289,50 @@ class Registry:
             availability[chunk] += 1
         return gained
 
+    def restore(
+        self,
+        name: str,
+        filesize: int,
+        chunk_count: int,
+        chunk_size: int | None,
+        chunk_hashes: bytes | None,
+        collection: m.Collection | None,
+        holders: dict[Address, ChunkSet],
+        publishers: Iterable[Address] = (),
+        gained: dict[Address, list[int]] | None = None,
+    ) -> FileRecord | None:
+        """List `name` as a shared store describes it (holders with any chunks, not necessarily one with
+        all), or add the holders' chunks to the listed file of that name: how a tracker sharing its state
+        takes in what other trackers recorded. None if the file is not listed afterwards (incomplete,
+        other content, or the tracker full). Holders become peers. `gained`, if given, receives each
+        holder's chunks that were not recorded before (what watchers have not heard of yet)."""
+        for holder in holders:
+            self.add_peer(holder)
+        record = self.files.get(name)
+        if record is None:
+            if (
+                len(self.files) >= self.max_files
+                or self.listed_chunks + chunk_count > self.max_listed_chunks
+                or chunk_count != -(-filesize // (chunk_size or DEFAULT_CHUNK_SIZE))
+            ):
+                return None
+            record = FileRecord(name, filesize, chunk_count, chunk_size, chunk_hashes, collection=collection)
+            if chunk_hashes is not None:
+                record.content_id = hashes.content_id(chunk_hashes)
+            self.files[name] = record
+            self.listed_chunks += chunk_count
+        elif record.chunk_hashes != chunk_hashes or record.fileinfo != (filesize, chunk_count):
+            return None
+        for holder, held in holders.items():
+            new = self.register_chunks(holder, name, held)
+            if gained is not None and new:
+                gained[holder] = new
+        record.publishers.update(p for p in publishers if p in record.holders)
+        if not record.complete:
+            self._delist(name)
+            return None
+        return record
+
     def _holds(self, address: Address, name: str, chunk: int) -> bool:
         record = self.files.get(name)
         held = record.holders.get(address) if record is not None else None

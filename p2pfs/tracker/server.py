@@ -28,6 +28,7 @@ from p2pfs.tracker.registry import (
     Registry,
     UnpublishRefused,
 )
+from p2pfs.tracker.store import MemoryStore, Store
 
 log = logging.getLogger("p2pfs.tracker")
 
@@ -62,7 +63,9 @@ class TrackerServer(FrameServer):
 
     kind = "tracker"
 
-    def __init__(self, registry: Registry | None = None, security: Security = OPEN) -> None:
+    def __init__(
+        self, registry: Registry | None = None, security: Security = OPEN, store: Store | None = None
+    ) -> None:
         super().__init__(
             security,
             max_connections=MAX_CONNECTIONS,
@@ -71,6 +74,8 @@ class TrackerServer(FrameServer):
             budget=ByteBudget(LARGE_FRAME_BUDGET, MAX_SMALL_FRAME),
         )
         self.registry = registry or Registry()
+        #: where the registry's state is shared with other trackers (MemoryStore: nowhere)
+        self.store = store or MemoryStore()
         #: resolves collection members NAME/REL/PATH (fetching manifests from holders, as a peer would)
         self.members = members.MemberResolver(security)
         self._address_of: dict[Connection, Address] = {}
@@ -86,9 +91,14 @@ class TrackerServer(FrameServer):
         self.peer_rates = PeerRates()
 
     async def start(self, host: str, port: int) -> Address:
+        await self.store.start(self)  # (a shared store's state is loaded before the first peer comes)
         address = await super().start(host, port)
-        log.info("listening on %s (%s)", address, self.security.describe())
+        log.info("listening on %s (%s, store %s)", address, self.security.describe(), self.store.describe())
         return address
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self.store.stop()
 
     def connected_peers(self) -> list[tuple[Address, Address]]:
         """(registered address, connection's remote address) of every registered peer."""
@@ -182,6 +192,7 @@ class TrackerServer(FrameServer):
             except PublishRefused as exc:
                 return m.ReplyPublish(result=False, message=str(exc))
             log.info("%s published %s (%d bytes, %d chunks)", registered, message.filename, filesize, chunk_count)
+            self.store.published(registered, self.registry.files[message.filename])
             if message.filename in self._watchers:  # a new complete holder joined the listed file
                 self._add_news(message.filename, registered, range(chunk_count))
             return m.ReplyPublish(result=True, message="")
@@ -204,6 +215,7 @@ class TrackerServer(FrameServer):
             delisted = self.registry.unpublish(registered, name)
         except UnpublishRefused as exc:
             return m.ReplyUnpublish(filename=name, result=False, message=str(exc))
+        self.store.unpublished(registered, name, delisted)
         news = self._news.get(name)
         if news is not None:
             news.pop(registered, None)
@@ -226,10 +238,16 @@ class TrackerServer(FrameServer):
                     return
             accepted = self.registry.register_chunks(registered, name, chunks[start : start + REGISTER_SLICE])
             self.stats.count_registered(name, len(accepted))
+            self.store.chunks(registered, name, accepted)
             if accepted and name in self._watchers:  # (only files somebody watches make news)
                 self._add_news(name, registered, accepted)
 
     # -- pushed availability (REQUEST_FILE_LOCATION.watch) ---------------------------------------------
+    def push_news(self, name: str, holder: Address, chunks: range | list[int]) -> None:
+        """Chunks registered elsewhere (through another tracker sharing the store) reach our watchers."""
+        if name in self._watchers:
+            self._add_news(name, holder, chunks)
+
     def _watch(self, conn: Connection, name: str) -> None:
         watched = self._watching.setdefault(conn, set())
         if name in watched or len(watched) >= MAX_WATCHES_PER_CONNECTION:
@@ -312,6 +330,7 @@ class TrackerServer(FrameServer):
         self._address_of[conn] = address
         self._connection_of[address] = conn
         self.registry.add_peer(address)
+        self.store.registered(address)
         log.info("peer %s registered (from %s)", address, conn.remote)
 
     def _forget(self, conn: Connection) -> None:
@@ -320,7 +339,11 @@ class TrackerServer(FrameServer):
             return
         del self._connection_of[address]
         self.peer_rates.forget(address)
+        if self.store.moved_away(address):  # (registered through another tracker now: not gone)
+            log.info("peer %s moved to another tracker", address)
+            return
         delisted = self.registry.remove_peer(address)
+        self.store.left(address, delisted)
         log.info("peer %s left%s", address, f"; delisted {', '.join(delisted)}" if delisted else "")
 
 

@@ -39,7 +39,14 @@ KILL_SEEDER = "kill seeder"
 KILL_SEEDING_DOWNLOADER = "kill seeding downloader"
 KILL_DOWNLOADER = "kill downloader, resume"
 RESTART_TRACKER = "restart tracker"
-SCENARIOS = (KILL_SEEDER, KILL_SEEDING_DOWNLOADER, KILL_DOWNLOADER, RESTART_TRACKER)
+#: With two trackers on one Redis (`--store`), every peer given both: kill -9 the one they use, or Redis.
+KILL_TRACKER = "kill tracker, fail over"
+RESTART_REDIS = "restart Redis"
+STORE_SCENARIOS = (KILL_TRACKER, RESTART_REDIS)
+SCENARIOS = (KILL_SEEDER, KILL_SEEDING_DOWNLOADER, KILL_DOWNLOADER, RESTART_TRACKER, *STORE_SCENARIOS)
+REDIS_SERVER = shutil.which("redis-server")
+#: The peers' lease in the store scenarios: short, so a stale registration would show within DELIST_BOUND.
+STORE_LEASE = "2"
 
 COMPLETE = "complete"
 CLEAN_ERROR = "clean error"
@@ -144,6 +151,11 @@ def make_plan(seed: int) -> Plan:
     latest = chunk_count // 4 if scenario == RESTART_TRACKER else chunk_count * 4 // 5
     threshold = rng.randint(1, max(1, latest))
     victim = rng.randrange(len(holders)) if scenario == KILL_SEEDING_DOWNLOADER else target
+    # (drawn last, so the seeds of the other scenarios keep their plans; only where Redis is installed)
+    if REDIS_SERVER is not None and rng.random() < 1 / 3:
+        scenario = rng.choice(STORE_SCENARIOS)
+        threshold = min(threshold, max(1, chunk_count // 4))  # (early, as a tracker restart)
+        victim = target
     return Plan(seed, scenario, filesize, seeder_delay, holders, downloaders, target, threshold, victim)
 
 
@@ -353,6 +365,10 @@ class _Trial:
         self.outcomes: list[str] = []
         self.taddr = ""
         self.port = 0
+        #: what every peer is given as --tracker (both trackers in the store scenarios)
+        self.peer_trackers = ""
+        self.redis: subprocess.Popen[str] | None = None
+        self.redis_port = 0
         self.src_bytes = b""
         self.fault_at: float | None = None
         #: complete holders alive just after the fault: while one of them lives, every download must finish
@@ -379,7 +395,7 @@ class _Trial:
 
     def start_get(self, label: str, dest: Path, delay: float, seed_after: bool) -> Participant:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        args = ["get", self.plan.name, str(dest), "--tracker", self.taddr, "--json", "--host", "127.0.0.1"]
+        args = ["get", self.plan.name, str(dest), "--tracker", self.peer_trackers, "--json", "--host", "127.0.0.1"]
         if seed_after:
             args.append("--seed")
         proc = self.start(*args, label=label, env=env_for(delay))
@@ -401,16 +417,55 @@ class _Trial:
         self.log(f"tracker listening on {self.taddr} (pid {proc.pid})")
         return proc
 
+    def start_redis(self) -> None:
+        assert REDIS_SERVER is not None
+        self.redis = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+            + ["--save", "", "--appendonly", "no"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.redis.stdout is not None
+        for line in self.redis.stdout:  # (awaited: redis-server says when it accepts connections)
+            if "Ready to accept connections" in line:
+                threading.Thread(target=self.redis.stdout.read, daemon=True).start()  # (drained)
+                self.log(f"redis-server on port {self.redis_port} (pid {self.redis.pid})")
+                return
+        raise self.abort(f"redis-server did not start on port {self.redis_port}")
+
+    def start_store_trackers(self) -> None:
+        """Redis, and two trackers sharing it; peers are given both, the first one first."""
+        self.redis_port = free_port()
+        self.start_redis()
+        addresses = []
+        for label in ("tracker A", "tracker B"):
+            proc = self.start(
+                "tracker", "--host", "127.0.0.1", "--port", "0", "--no-shell", "--lease", STORE_LEASE,
+                "--store", f"redis://127.0.0.1:{self.redis_port}/0", label=label,
+            )  # fmt: skip
+            self.trackers.append(proc)
+            try:
+                addresses.append(proc.listening(SETUP_BOUND))
+            except AssertionError as exc:
+                raise self.abort(f"{label} did not start: {exc}") from None
+        self.taddr = addresses[0]
+        self.peer_trackers = ",".join(addresses)
+        self.log(f"trackers listening on {self.peer_trackers}, sharing Redis")
+
     # -- the trial
     def run(self) -> None:
         plan = self.plan
-        self.port = free_port()
-        self.taddr = f"127.0.0.1:{self.port}"
-        self.start_tracker()
+        if plan.scenario in STORE_SCENARIOS:
+            self.start_store_trackers()
+        else:
+            self.port = free_port()
+            self.taddr = self.peer_trackers = f"127.0.0.1:{self.port}"
+            self.start_tracker()
         src = make_file(self.workdir / plan.name, plan.filesize, seed=plan.seed)
         self.src_bytes = src.read_bytes()
         self.seeder = self.start(
-            "share", str(src), "--tracker", self.taddr, "--host", "127.0.0.1", "--chunk-size", "64K",
+            "share", str(src), "--tracker", self.peer_trackers, "--host", "127.0.0.1", "--chunk-size", "64K",
             label="seeder", env=env_for(plan.seeder_delay),
         )  # fmt: skip
         try:
@@ -497,6 +552,12 @@ class _Trial:
             self.kill_and_resume(target)
         elif plan.scenario == RESTART_TRACKER:
             self.restart_tracker()
+        elif plan.scenario == KILL_TRACKER:
+            self.trackers[0].kill9()
+            self.taddr = self.peer_trackers.split(",")[1]  # (what is checked from now on: the survivor)
+            self.log("kill -9 tracker A")
+        elif plan.scenario == RESTART_REDIS:
+            self.restart_redis()
         # Complete holders that outlive the fault; holders that started seeding before it count too.
         if self.seeder.popen.poll() is None:
             self.survivors.append("seeder")
@@ -538,6 +599,25 @@ class _Trial:
             self.rebuild_seconds = took
             self.log(f"restarted tracker lists the file again after {took:.2f} s")
             self.check_reregistered()
+
+    def restart_redis(self) -> None:
+        """kill -9 Redis and start it again, empty, on its port: both trackers say so and recover."""
+        assert self.redis is not None
+        self.redis.kill()
+        self.redis.wait(10)
+        self.log("kill -9 redis-server")
+        for tracker in self.trackers:
+            try:
+                tracker.expect_err(r"store .* unavailable", REBUILD_BOUND)
+            except AssertionError:
+                self.violation(f"{self.labels[tracker]} did not report that Redis is unavailable")
+        self.start_redis()
+        for tracker in self.trackers:
+            try:
+                tracker.expect_err(r"store .* is back", REBUILD_BOUND)
+            except AssertionError:
+                self.violation(f"{self.labels[tracker]} did not recover within {REBUILD_BOUND:.0f} s of Redis")
+        self.log("both trackers resynced with Redis")
 
     def check_reregistered(self) -> None:
         """Peers with a download in progress register their verified chunks again with the new tracker."""
@@ -705,7 +785,7 @@ class _Trial:
         fresh.parent.mkdir()
         try:
             got = run(
-                "get", plan.name, str(fresh), "--tracker", self.taddr, "--json", "--host", "127.0.0.1",
+                "get", plan.name, str(fresh), "--tracker", self.peer_trackers, "--json", "--host", "127.0.0.1",
                 timeout=DOWNLOAD_BOUND, env=TIMEOUT_ENV,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
@@ -722,6 +802,9 @@ class _Trial:
         """Kill every process still running, and keep each one's output in WORKDIR/logs."""
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
+        if self.redis is not None and self.redis.poll() is None:
+            self.redis.kill()
+            self.redis.wait(10)
         for proc in self.procs:
             with contextlib.suppress(Exception):
                 proc.kill9()
@@ -857,7 +940,12 @@ def write_report(path: Path, results: Sequence[TrialResult], command: str, secon
         "  resume with at least the chunks it had verified, and fetch only the rest;",
         "- **restart tracker**: `kill -9` the tracker and start a new one on the same port: without anyone",
         f"  touching a peer, the file is listed again within {REBUILD_BOUND:.0f} s and every chunk a download",
-        "  in progress had verified is registered again.",
+        "  in progress had verified is registered again;",
+        "- **kill tracker, fail over** (where redis-server is installed, as the next one): two trackers",
+        f"  share one Redis (`--store`, `--lease {STORE_LEASE}`) and every peer is given both; `kill -9` the",
+        "  first, which every peer uses: they fail over to the second, and every check below is made there;",
+        "- **restart Redis**: `kill -9` that Redis and start it again, empty: both trackers report it and",
+        "  recover by themselves, and the swarm goes on.",
         "",
         f"Checked in every trial: every download ends within {DOWNLOAD_BOUND:.0f} s of the fault, either with",
         "exit 0 (or `seeding`) and exactly the published bytes at DEST, or with a non-zero exit, exactly one",
