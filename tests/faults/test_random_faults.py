@@ -21,6 +21,9 @@ from tests.faults.trials import (
     KILL_DOWNLOADER,
     KILL_SEEDER,
     KILL_SEEDING_DOWNLOADER,
+    KILL_TRACKER,
+    REDIS_SERVER,
+    RESTART_REDIS,
     RESTART_TRACKER,
     make_plan,
     run_trial,
@@ -40,6 +43,11 @@ QUICK_SEEDS = [
     (195, RESTART_TRACKER, "peers reconnect, the list is rebuilt"),
     (210, RESTART_TRACKER, "downloads in progress register their chunks again"),
 ]
+#: Seeds ≡ 2 mod 3 run the store scenarios (two trackers on one Redis) where redis-server is installed.
+STORE_SEEDS = [
+    (11, KILL_TRACKER, "every peer fails over to the other tracker"),
+    (2, RESTART_REDIS, "Redis dies and comes back empty under the swarm"),
+]
 
 
 @pytest.mark.parametrize(
@@ -51,6 +59,14 @@ def test_random_fault_trial(seed: int, scenario: str, what: str, tmp_path: Path)
     result = run_trial(seed, tmp_path)
     assert not result.violations, "\n".join([f"seed {seed} ({what}): {result.plan}", *result.timeline])
     assert result.outcome == COMPLETE, "\n".join(result.timeline)
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+@pytest.mark.parametrize(
+    ("seed", "scenario", "what"), STORE_SEEDS, ids=[f"seed{s}" for s, _, _ in STORE_SEEDS]
+)
+def test_random_store_fault_trial(seed: int, scenario: str, what: str, tmp_path: Path) -> None:
+    test_random_fault_trial(seed, scenario, what, tmp_path)
 
 
 def test_holder_serves_on_after_a_downloader_left_with_requests_pipelined(tmp_path: Path) -> None:
