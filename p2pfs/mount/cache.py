@@ -42,6 +42,11 @@ class ChunkCache:
         #: chunk files found on disk at start, by cache key (not verified yet)
         self.found: dict[str, set[int]] = {}
 
+    @property
+    def budget(self) -> int:
+        """Bytes of chunks the cache keeps (--max-cache), besides what reads in progress have pinned."""
+        return self.lru.budget
+
     def open(self) -> None:
         """Create the directory, forget unverified leftovers, and take stock of what earlier mounts left
         (oldest first by modification time, so the budget evicts those first)."""
@@ -83,12 +88,22 @@ class ChunkCache:
             self.files[key] = cached
         return cached
 
-    def added(self, cached: CachedFile, chunk: int) -> None:
-        self._evict(self.lru.add((cached.key, chunk), cached.chunk_length(chunk)))
+    def added(self, cached: CachedFile, chunk: int, unread: bool = False) -> None:
+        """A chunk is held now (`unread`: fetched, not read yet; else found from an earlier mount)."""
+        self._evict(self.lru.add((cached.key, chunk), cached.chunk_length(chunk), unread))
 
     def touch(self, cached: CachedFile, chunks: range) -> None:
         for chunk in chunks:
             self.lru.touch((cached.key, chunk))
+
+    def pin(self, cached: CachedFile, chunks: range) -> None:
+        """A read needs these chunks (held or still to come): none is evicted until `unpin`, so the
+        cache may exceed its budget by what reads in progress cover."""
+        self.lru.pin((cached.key, chunk) for chunk in chunks)
+
+    def unpin(self, cached: CachedFile, chunks: range) -> None:
+        """The read is over (its bytes copied out, or it failed): the evictions it held back happen now."""
+        self._evict(self.lru.unpin((cached.key, chunk) for chunk in chunks))
 
     def _evict(self, keys: list[Key]) -> None:
         for key, chunk in keys:
@@ -146,10 +161,10 @@ class CachedFile(ChunkFile):
         super().mark(chunk, digest)
         self.on_disk.discard(chunk)
         self.fetched += 1
-        self._held(chunk)
+        self._held(chunk, unread=True)
 
-    def _held(self, chunk: int) -> None:
-        self.cache.added(self, chunk)
+    def _held(self, chunk: int, unread: bool = False) -> None:
+        self.cache.added(self, chunk, unread)
         if self.on_chunk is not None and chunk in self.have:
             self.on_chunk(chunk)
 
@@ -193,6 +208,8 @@ class CachedFile(ChunkFile):
     def keep_verified(self, chunk: int) -> None:
         """On the event loop: a chunk file from an earlier mount was verified; it is held again."""
         assert self.expected is not None
+        if chunk not in self.on_disk:  # (evicted while it was being hashed: its file is gone)
+            return
         self.on_disk.discard(chunk)
         if chunk not in self.have:
             super().mark(chunk, self.expected[chunk])

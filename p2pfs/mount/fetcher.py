@@ -1,6 +1,7 @@
 """One mounted file's chunks, fetched on demand through one long-lived stream of the transfer engine
 (`Download.stream`): a read wants the chunks it covers (urgent: picked before any other), a sequential
 stream also wants its read-ahead; the engine fetches what is wanted from the holders it keeps connected.
+A read pins the chunks it covers in the cache until its bytes are copied out.
 """
 
 from __future__ import annotations
@@ -59,20 +60,34 @@ class Fetcher:
         """`size` bytes at `offset` (fewer at the end of the file); ReadFailed if they cannot be had.
         `ahead`: chunks the stream `stream` will want next (fetched after what reads wait for)."""
         cached = self.cached
+        cache = cached.cache
         chunks = policy.covering(offset, size, cached.chunk_size, cached.filesize)
         self.reads += 1
         self._touched.update(chunks)
-        if ahead:
-            self.dl.want(c for c in ahead if c not in cached.have)
-        for _ in range(3):  # (a chunk may leave the cache between its arrival and this read)
+        # Pinned from the moment they are asked for until the bytes are copied out, whatever ends the
+        # read (error, timeout, cancellation): under a small --max-cache, the chunk that arrives next
+        # (for this read, another one or read-ahead) would otherwise evict one this read still needs.
+        cache.pin(cached, chunks)
+        try:
+            if ahead:
+                self.dl.want(c for c in ahead if c not in cached.have)
             await self._ensure(chunks)
             try:
                 data = self._assemble(offset, size, chunks)
             except FileNotFoundError:
-                continue
-            cached.cache.touch(cached, chunks)
+                # (a pinned chunk is never evicted: its file was removed behind the mount's back)
+                for chunk in chunks:
+                    if chunk in cached.have and not cached.chunk_path(chunk).exists():
+                        cached.drop(chunk)
+                await self._ensure(chunks)
+                try:
+                    data = self._assemble(offset, size, chunks)
+                except FileNotFoundError:
+                    raise ReadFailed(f"chunk files of {cached.name} keep vanishing from {cached.path}") from None
+            cache.touch(cached, chunks)  # (before unpinning: the evictions due then take older chunks)
             return data
-        raise ReadFailed(f"chunks of {cached.name} left the cache as fast as they came (--max-cache too small?)")
+        finally:
+            cache.unpin(cached, chunks)
 
     @property
     def chunks_touched(self) -> int:
@@ -142,8 +157,9 @@ class Fetcher:
                 cached.keep_verified(chunk)
             elif chunk not in cached.have:
                 cached.discard_on_disk(chunk)
-        if good:
-            self.dl.tracker.register_chunks(cached.name, good)
+        held = [c for c in good if c in cached.have]
+        if held:
+            self.dl.tracker.register_chunks(cached.name, held)
 
     async def _check_left_chunks(self) -> None:
         """In the background: every chunk an earlier mount left, verified and served again."""

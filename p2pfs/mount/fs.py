@@ -365,7 +365,11 @@ class MountFS(pyfuse3.Operations):
         size = min(size, node.size - off)
         start = node.offset + off
         cached = handle.fetcher.cached
-        ahead = handle.readahead.on_read(start, size, time.monotonic())
+        # the read-ahead windows of every open stream (of any file) share one part of the cache budget
+        streams = sum(1 for h in self._open.values() if h is handle or h.readahead.sequential)
+        limit = policy.window_limit(self.cache.budget, streams, cached.chunk_size)
+        ahead = handle.readahead.on_read(start, size, time.monotonic(), limit)
+        log.debug("read of %d bytes at %d of %s (chunks ahead: %s)", size, start, node.name, ahead)
         if ahead:
             last = policy.covering(node.offset, node.size, cached.chunk_size, cached.filesize)
             ahead = range(ahead.start, min(ahead.stop, last.stop))

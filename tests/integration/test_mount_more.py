@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import TypeVar
 import pytest
 
 from tests.integration.test_mount import CHUNK, files, mounts, pytestmark, share, unmount_figures
-from tests.procs import Proc, make_file
+from tests.procs import Proc, make_file, run
 
 __all__ = ["files", "mounts", "pytestmark"]  # (fixtures and skip marks reused from test_mount)
 
@@ -208,3 +209,113 @@ def test_max_cache_evicts_the_least_recently_read(
     assert fetched >= 3  # (chunks 0, 1 and 2 were gone)
     left = chunk_files(cache)
     assert len(left) <= budget_chunks and {0, 1, 2} <= set(left), sorted(left)
+
+
+def read_with(path: Path, reads: list[tuple[int, int]]) -> list[bytes]:
+    """`reads` (offset, size) through one descriptor without kernel read-ahead, so the mount sees these
+    reads and no others (each becomes FUSE reads of the pages it covers)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        return [os.pread(fd, size, offset) for offset, size in reads]
+    finally:
+        os.close(fd)
+
+
+#: a file of 16 chunks (the last one short), read under a --max-cache of two chunks
+SMALL_CACHE_CHUNKS = 16
+SMALL_CACHE_SIZE = (SMALL_CACHE_CHUNKS - 1) * CHUNK + 1000
+
+
+def test_sequential_reads_under_a_cache_of_two_chunks_fetch_each_chunk_once(
+    tracker: tuple[Proc, str], procs: Callable[..., Proc], mounts: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """The read-ahead window is held to half the cache (one chunk here): a window of the default 16 MiB
+    would fetch the whole file ahead, each chunk evicting an earlier one before it is read, and the
+    reader would fetch them all again."""
+    _, taddr = tracker
+    data = tmp_path / "data"
+    data.mkdir()
+    published = make_file(data / "seq.bin", SMALL_CACHE_SIZE, seed=31)
+    share(procs, taddr, [published])
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    mount = mounts(taddr, mnt, cache, "--max-cache", str(2 * CHUNK), "--read-timeout", "10")
+    want = published.read_bytes()
+    reads = [(offset, CHUNK) for offset in range(0, len(want), CHUNK)]
+    got = in_thread(lambda: read_with(mnt / "seq.bin", reads))
+    assert b"".join(got) == want
+    _, touched, fetched = unmount_figures(mount)
+    assert touched == SMALL_CACHE_CHUNKS
+    assert fetched == SMALL_CACHE_CHUNKS, "a chunk was evicted before it was read, and fetched again"
+    left = chunk_files(cache)
+    assert sorted(left) == [SMALL_CACHE_CHUNKS - 2, SMALL_CACHE_CHUNKS - 1], sorted(left)
+
+
+def test_reads_covering_more_chunks_than_the_cache_holds_return_exact_bytes(
+    tracker: tuple[Proc, str], procs: Callable[..., Proc], mounts: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Each read covers three chunks or more under a --max-cache of two: the chunks a read waits for are
+    pinned until its bytes are copied out. Unpinned, the third to arrive evicts the first and the read
+    fails (the kernel then retries it page by page, so the caller may still get its bytes: the mount's
+    warning tells)."""
+    _, taddr = tracker
+    data = tmp_path / "data"
+    data.mkdir()
+    published = {
+        name: make_file(data / name, SMALL_CACHE_SIZE, seed=seed)
+        for name, seed in (("s.bin", 32), ("r.bin", 33))
+    }
+    share(procs, taddr, list(published.values()))
+    mnt = tmp_path / "mnt"
+    mount = mounts(taddr, mnt, tmp_path / "cache", "--max-cache", str(2 * CHUNK), "--read-timeout", "10")
+    # sequential, in reads of two chunks and a half (so most start within a chunk)
+    want = published["s.bin"].read_bytes()
+    step = 2 * CHUNK + CHUNK // 2
+    reads = [(offset, step) for offset in range(0, len(want), step)]
+    got = in_thread(lambda: read_with(mnt / "s.bin", reads))
+    assert b"".join(got) == want
+    # random: one read within each run of three chunks, across both of its boundaries, in random order
+    want = published["r.bin"].read_bytes()
+    rng = random.Random(34)
+    reads = [
+        (first * CHUNK + rng.randrange(CHUNK), 2 * CHUNK) for first in range(0, SMALL_CACHE_CHUNKS - 2, 3)
+    ]
+    rng.shuffle(reads)
+    got = in_thread(lambda: read_with(mnt / "r.bin", reads))
+    for (offset, size), piece in zip(reads, got, strict=True):
+        assert piece == want[offset : offset + size], (offset, size)
+    assert mount.popen.poll() is None
+    assert mount.interrupt() == 0
+    failed = [line for line in mount.stderr if "WARNING" in line or "Traceback" in line]
+    assert failed == [], "a read lost a chunk it needed"
+
+
+def test_a_get_moves_on_when_the_mount_has_evicted_a_chunk_it_is_listed_for(
+    tracker: tuple[Proc, str], procs: Callable[..., Proc], mounts: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """An evicted chunk stays registered at the tracker (there is no message to unregister one chunk):
+    the mount declines it with ERROR, and a downloader takes it from another holder. A downloader that
+    waited on the mount instead would hang here (its chunk timeout is set beyond the test's patience)."""
+    _, taddr = tracker
+    data = tmp_path / "data"
+    data.mkdir()
+    published = make_file(data / "big.bin", SMALL_CACHE_SIZE, seed=35)
+    share(procs, taddr, [published])
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    mount = mounts(taddr, mnt, cache, "--max-cache", str(2 * CHUNK))
+    want = published.read_bytes()
+    assert in_thread((mnt / "big.bin").read_bytes) == want
+    evicted = set(range(SMALL_CACHE_CHUNKS)) - set(chunk_files(cache))
+    assert len(evicted) >= SMALL_CACHE_CHUNKS - 2, sorted(evicted)
+    mount_port = mount.stdout[0].rpartition(":")[2]
+    got = run(
+        "-v", "get", "big.bin", str(tmp_path / "copy.bin"), "--tracker", taddr, "--host", "127.0.0.1",
+        "--json", timeout=HANG, env={"P2PFS_CHUNK_TIMEOUT": "3600"},
+    )  # fmt: skip
+    assert got.returncode == 0, (got.stdout, got.stderr)
+    assert (tmp_path / "copy.bin").read_bytes() == want
+    # the mount was asked for chunks it no longer has, and said so
+    declined = [line for line in got.stderr.splitlines() if f":{mount_port} cannot give chunk" in line]
+    assert declined and all("not held here" in line for line in declined), got.stderr
+    assert mount.popen.poll() is None
+    assert mount.interrupt() == 0
