@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.procs import Proc
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -50,3 +52,12 @@ def tracker(procs: Callable[..., Proc]) -> tuple[Proc, str]:
     """A running tracker on a free loopback port: (process, "127.0.0.1:PORT")."""
     proc = procs("tracker", "--host", "127.0.0.1", "--port", "0", "--no-shell")
     return proc, proc.listening()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own (the test module skips where none is installed)."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill9()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.procs import Proc, make_file, run
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 # -- what a trial may contain ------------------------------------------------------------------------
 KILL_SEEDER = "kill seeder"
@@ -45,7 +46,6 @@ RESTART_REDIS = "restart Redis"
 STORE_SCENARIOS = (KILL_TRACKER, RESTART_REDIS)
 BASE_SCENARIOS = (KILL_SEEDER, KILL_SEEDING_DOWNLOADER, KILL_DOWNLOADER, RESTART_TRACKER)
 SCENARIOS = (*BASE_SCENARIOS, *STORE_SCENARIOS)
-REDIS_SERVER = shutil.which("redis-server")
 #: The peers' lease in the store scenarios: short, so a stale registration would show within DELIST_BOUND.
 STORE_LEASE = "2"
 
@@ -369,8 +369,7 @@ class _Trial:
         self.port = 0
         #: what every peer is given as --tracker (both trackers in the store scenarios)
         self.peer_trackers = ""
-        self.redis: subprocess.Popen[str] | None = None
-        self.redis_port = 0
+        self.redis: RedisServer | None = None
         self.src_bytes = b""
         self.fault_at: float | None = None
         #: complete holders alive just after the fault: while one of them lives, every download must finish
@@ -420,31 +419,22 @@ class _Trial:
         return proc
 
     def start_redis(self) -> None:
-        assert REDIS_SERVER is not None
-        self.redis = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-            + ["--save", "", "--appendonly", "no"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.redis.stdout is not None
-        for line in self.redis.stdout:  # (awaited: redis-server says when it accepts connections)
-            if "Ready to accept connections" in line:
-                threading.Thread(target=self.redis.stdout.read, daemon=True).start()  # (drained)
-                self.log(f"redis-server on port {self.redis_port} (pid {self.redis.pid})")
-                return
-        raise self.abort(f"redis-server did not start on port {self.redis_port}")
+        assert self.redis is not None
+        try:
+            self.redis.start()
+        except AssertionError as exc:
+            raise self.abort(str(exc)) from None
+        self.log(f"redis-server on port {self.redis.port}")
 
     def start_store_trackers(self) -> None:
         """Redis, and two trackers sharing it; peers are given both, the first one first."""
-        self.redis_port = free_port()
+        self.redis = RedisServer(self.workdir / "redis")
         self.start_redis()
         addresses = []
         for label in ("tracker A", "tracker B"):
             proc = self.start(
                 "tracker", "--host", "127.0.0.1", "--port", "0", "--no-shell", "--lease", STORE_LEASE,
-                "--store", f"redis://127.0.0.1:{self.redis_port}/0", label=label,
+                "--store", self.redis.url, label=label,
             )  # fmt: skip
             self.trackers.append(proc)
             try:
@@ -605,8 +595,7 @@ class _Trial:
     def restart_redis(self) -> None:
         """kill -9 Redis and start it again, empty, on its port: both trackers say so and recover."""
         assert self.redis is not None
-        self.redis.kill()
-        self.redis.wait(10)
+        self.redis.kill9()
         self.log("kill -9 redis-server")
         for tracker in self.trackers:
             try:
@@ -804,9 +793,8 @@ class _Trial:
         """Kill every process still running, and keep each one's output in WORKDIR/logs."""
         logs = self.workdir / "logs"
         logs.mkdir(exist_ok=True)
-        if self.redis is not None and self.redis.poll() is None:
-            self.redis.kill()
-            self.redis.wait(10)
+        if self.redis is not None:
+            self.redis.kill9()
         for proc in self.procs:
             with contextlib.suppress(Exception):
                 proc.kill9()

@@ -5,30 +5,21 @@ Redis, and a new `get` given both trackers succeeds. Skipped without redis-serve
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_redis_store import (
-    REDIS_SERVER,
-    RedisServer,
     listing,
     share,
     start_tracker,
     until,
 )
 from tests.procs import LISTENING, Proc, make_file, run
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill9()
 
 
 def test_kill_the_swarms_tracker_mid_transfer(

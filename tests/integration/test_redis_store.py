@@ -5,84 +5,18 @@ restarted under a swarm. Real redis-server, real p2pfs processes; skipped withou
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.procs import Proc, make_file, run
+from tests.redis_server import REDIS_SERVER, RedisServer, free_port
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
 
 CHUNK = "64K"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server of the test's own, on a free loopback port, with nothing saved to disk."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.popen: subprocess.Popen[str] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert REDIS_SERVER is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.popen = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-            + ["--save", "", "--appendonly", "no"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        seen = []
-        for line in self.popen.stdout:  # (redis-server says when it accepts connections)
-            seen.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:
-            raise AssertionError(f"redis-server did not start: {''.join(seen)}")
-        assert self.cli("PING") == "PONG"
-
-    def cli(self, *command: str) -> str:
-        """One command through a plain socket (RESP), the reply as text (a status, a bulk or an integer)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
-            parts = [f"*{len(command)}\r\n"] + [f"${len(c.encode())}\r\n{c}\r\n" for c in command]
-            s.sendall("".join(parts).encode())
-            replies = s.makefile("rb")
-            reply = replies.readline().decode().rstrip("\r\n")
-            if reply.startswith("$") and reply != "$-1":  # (a bulk string: its bytes on the next line)
-                reply = "$" + replies.readline().decode().rstrip("\r\n")
-        return reply[1:]
-
-    def kill9(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill9()
 
 
 def start_tracker(procs: Callable[..., Proc], url: str, *more: str, port: int = 0) -> tuple[Proc, str]:
