@@ -200,6 +200,12 @@ class CachedFile(ChunkFile):
             raise StorageError(f"{self.chunk_path(chunk)}: short chunk file (changed on disk?)")
         return data
 
+    def read_range_into(self, chunk: int, start: int, view: memoryview) -> None:
+        """On the event loop: fill `view` from a held chunk's bytes at `start` within it (as read_range)."""
+        fd = self.cache.descriptor((self.key, chunk), self.chunk_path(chunk))
+        if os.preadv(fd, [view], start) != len(view):
+            raise StorageError(f"{self.chunk_path(chunk)}: short chunk file (changed on disk?)")
+
     def read_chunk(self, chunk: int) -> bytes:
         try:
             return self.read_range(chunk, 0, self.chunk_length(chunk))

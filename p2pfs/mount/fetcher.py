@@ -56,7 +56,9 @@ class Fetcher:
         self._checking = asyncio.create_task(self._check_left_chunks())
 
     # -- reads -----------------------------------------------------------------------------------
-    async def read(self, offset: int, size: int, stream: int | None = None, ahead: range = range(0)) -> bytes:
+    async def read(
+        self, offset: int, size: int, stream: int | None = None, ahead: range = range(0)
+    ) -> bytes | bytearray:
         """`size` bytes at `offset` (fewer at the end of the file); ReadFailed if they cannot be had.
         `ahead`: chunks the stream `stream` will want next (fetched after what reads wait for)."""
         cached = self.cached
@@ -96,16 +98,21 @@ class Fetcher:
     def forget_stream(self, stream: int) -> None:
         """An open file was closed (its read-ahead is its own: nothing to forget here)."""
 
-    def _assemble(self, offset: int, size: int, chunks: range) -> bytes:
+    def _assemble(self, offset: int, size: int, chunks: range) -> bytes | bytearray:
         cached = self.cached
         end = min(offset + size, cached.filesize)
-        pieces: list[bytes] = []
-        for chunk in chunks:
-            base = chunk * cached.chunk_size
-            lo = max(offset, base)
-            hi = min(end, base + cached.chunk_length(chunk))
-            pieces.append(cached.read_range(chunk, lo - base, hi - lo))
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if len(chunks) == 1:
+            base = chunks[0] * cached.chunk_size
+            return cached.read_range(chunks[0], offset - base, end - offset)
+        # (a read across chunks: each chunk file read straight into its part of one buffer, no join)
+        out = bytearray(end - offset)
+        with memoryview(out) as view:
+            for chunk in chunks:
+                base = chunk * cached.chunk_size
+                lo = max(offset, base)
+                hi = min(end, base + cached.chunk_length(chunk))
+                cached.read_range_into(chunk, lo - base, view[lo - offset : hi - offset])
+        return out
 
     async def _ensure(self, chunks: range) -> None:
         cached = self.cached

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
@@ -373,7 +373,9 @@ class MountFS(pyfuse3.Operations):
         if ahead:
             last = policy.covering(node.offset, node.size, cached.chunk_size, cached.filesize)
             ahead = range(ahead.start, min(ahead.stop, last.stop))
-        return await handle.fetcher.read(start, size, fh, ahead)
+        # (pyfuse3 replies from any contiguous buffer (PyObject_GetBuffer), though typed bytes: a read
+        # across chunks is a bytearray filled in place, saving a copy)
+        return cast(bytes, await handle.fetcher.read(start, size, fh, ahead))
 
     async def release(self, fh: int) -> None:
         handle = self._open.pop(fh, None)
