@@ -47,6 +47,8 @@ LEASE_TURN = 0.25
 #: A registration of at most this many chunks is written bit by bit (SETBIT); a larger one writes the
 #: holder's whole bitmap (at most 32 KiB), which costs one command however many chunks it adds.
 SETBIT_LIMIT = 64
+#: Arguments of one run of the registration script (a flush of many registrations makes several).
+REGISTER_ARGS = 8192
 #: Seconds between attempts to reach Redis again after a failure (doubling up to the cap).
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 2.0
@@ -251,6 +253,20 @@ end
 redis.call('DEL', prefix .. ':files_of:' .. peer)
 redis.call('ZREM', prefix .. ':leases', peer)
 redis.call('HDEL', prefix .. ':owners', peer)
+"""
+_REGISTER = """
+local prefix = ARGV[1]
+local i = 2
+while i <= #ARGV do
+  local name, peer, count = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local have = prefix .. ':have:' .. peer .. ':' .. name
+  for j = i + 3, i + 2 + count do
+    redis.call('SETBIT', have, ARGV[j], 1)
+  end
+  redis.call('SADD', prefix .. ':holders:' .. name, peer)
+  redis.call('SADD', prefix .. ':files_of:' .. peer, name)
+  i = i + 3 + count
+end
 """
 _DELIST = """
 local prefix, name = ARGV[1], ARGV[2]
@@ -479,22 +495,29 @@ class RedisStore(Store):
         gathered, self._chunks = self._chunks, {}
         assert self._server is not None
         files = self._server.registry.files
+        small: list[str | int] = []  # (name, peer, count, chunks...) of every small registration
         for (name, peer), chunks in gathered.items():
             record = files.get(name)
             if record is None:
                 continue
-            self._ops.append(functools.partial(self._write_chunks, peer=peer, record=record, chunks=chunks))
+            if len(chunks) > SETBIT_LIMIT:
+                self._ops.append(functools.partial(self._write_holding, peer=peer, record=record, whole=False))
+            else:
+                small += (name, str(peer), len(chunks), *chunks)
             self._events.append(Chunks(str(peer), name, ChunkSet.from_numbers(record.chunk_count, chunks).runs()))
+        if small:
+            self._ops.append(functools.partial(self._write_chunks, groups=small))
 
-    def _write_chunks(self, pipe: Pipeline, peer: Address, record: FileRecord, chunks: list[int]) -> None:
-        if len(chunks) > SETBIT_LIMIT:
-            self._write_holding(pipe, peer, record, whole=False)
-            return
-        key = self._key("have", peer, record.name)
-        for chunk in chunks:
-            pipe.setbit(key, chunk, 1)
-        pipe.sadd(self._key("holders", record.name), str(peer))
-        pipe.sadd(self._key("files_of", peer), record.name)
+    def _write_chunks(self, pipe: Pipeline, groups: list[str | int]) -> None:
+        """Small registrations, as one script run per REGISTER_ARGS arguments: a command per chunk would
+        cost the tracker more in redis-py (packing and parsing each reply) than the rest of the flush."""
+        start = 0
+        while start < len(groups):
+            end = start
+            while end < len(groups) and end - start < REGISTER_ARGS:
+                end += 3 + cast(int, groups[end + 2])
+            pipe.eval(_REGISTER, 0, self.prefix, *groups[start:end])
+            start = end
 
     def _write_holding(self, pipe: Pipeline, peer: Address, record: FileRecord, whole: bool) -> None:
         """The file's record (unless Redis has one) and `peer`'s whole bitmap of it, from the replica."""

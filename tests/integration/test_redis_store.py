@@ -166,3 +166,63 @@ def test_password_is_not_shown(procs: Callable[..., Proc], tmp_path: Path) -> No
     line = proc.expect_err(r"store .* unavailable").string
     assert "s3cret" not in line and ":***@127.0.0.1" in line
     proc.listening()
+
+
+def test_chunks_registered_through_a_tracker_are_in_redis(
+    procs: Callable[..., Proc], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A downloader's chunk registrations (small batches, written by one script per flush) land in its
+    bitmap in Redis: a tracker started afterwards, with the sharer gone, sends a get to the seeding
+    downloader alone, and the bytes are exact."""
+    _, a = start_tracker(procs, redis_server.url, "--lease", "60")
+    src = make_file(tmp_path / "data.bin", 3_000_000)  # 46 chunks of 64 KiB, 50 ms each from the sharer
+    sharer = share(procs, a, src, env={"P2PFS_TEST_DELAY": "0.05"})
+    getter = procs(
+        "get", "data.bin", str(tmp_path / "seeded.bin"), "--tracker", a, "--host", "127.0.0.1", "--seed", "--json"
+    )
+    getter.expect(r'"chunks_done": (?:[5-9]|[1-3][0-9])\b')  # (under way: registered chunk by chunk)
+    holder = json.loads(getter.expect(r'"event": "seeding"').string)["address"]
+    key = f"p2pfs:have:{holder}:data.bin"
+    until(lambda: redis_server.cli("BITCOUNT", key) == "46", 10, "the getter's 46 chunks in its bitmap")
+    assert redis_server.cli("SISMEMBER", "p2pfs:holders:data.bin", holder) == "1"
+    assert redis_server.cli("SISMEMBER", f"p2pfs:files_of:{holder}", "data.bin") == "1"
+    sharer.kill9()
+    _, c = start_tracker(procs, redis_server.url, "--lease", "60")
+    dest = tmp_path / "out.bin"
+    result = run("get", "data.bin", str(dest), "--tracker", c, "-q")
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == src.read_bytes()
+
+
+def test_small_registrations_are_written_by_one_script_per_batch(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flusher's registration script against a real Redis: every chunk's bit set in its holder's
+    bitmap, the holder and file sets updated, however the batch is split into script runs."""
+    import asyncio
+
+    from p2pfs.tracker import store as store_module
+
+    monkeypatch.setattr(store_module, "REGISTER_ARGS", 4)  # (so this batch takes three runs)
+    groups: list[str | int] = ["f", "10.0.0.1:7", 3, 0, 7, 9, "g", "10.0.0.1:7", 1, 2, "f", "10.0.0.2:7", 1, 63]
+
+    async def write() -> None:
+        store = store_module.RedisStore(redis_server.url)
+        pipe = store._redis.pipeline(transaction=False)
+        store._write_chunks(pipe, groups)
+        assert len(pipe.command_stack) == 3
+        await pipe.execute()
+        await store._redis.aclose()
+
+    asyncio.run(write())
+    bits = {
+        key: [i for i in range(64) if redis_server.cli("GETBIT", key, str(i)) == "1"]
+        for key in ("p2pfs:have:10.0.0.1:7:f", "p2pfs:have:10.0.0.1:7:g", "p2pfs:have:10.0.0.2:7:f")
+    }
+    assert bits == {
+        "p2pfs:have:10.0.0.1:7:f": [0, 7, 9],
+        "p2pfs:have:10.0.0.1:7:g": [2],
+        "p2pfs:have:10.0.0.2:7:f": [63],
+    }
+    assert redis_server.cli("SCARD", "p2pfs:holders:f") == "2"
+    assert redis_server.cli("SISMEMBER", "p2pfs:files_of:10.0.0.1:7", "g") == "1"
