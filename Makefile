@@ -58,7 +58,7 @@ swarm: $(STAMP) $(LT_STAMP)
 
 # The swarm simulated (bench/sim): the testbed's cases beside its figures, then N = 100 (no root needed)
 sim: $(STAMP)
-	$(BIN)/python -m bench.sim.run
+	$(BIN)/python -m bench.sim.run --quick --blame-max-n 16
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

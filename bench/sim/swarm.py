@@ -22,6 +22,7 @@ from bench.sim.engine import Event, Link, Simulator, kumar_ross
 from p2pfs.chunkset import ChunkSet
 from p2pfs.peer import transfer
 from p2pfs.peer.picker import Candidate, Picker, choose_holders
+from p2pfs.peer.slots import Busy, Send, UploadSlots
 from p2pfs.peer.superseed import SuperSeeder
 from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
 from p2pfs.protocol import framing
@@ -93,6 +94,10 @@ class Policy:
     #: a holder sends to at most this many connections at once, the others wait their turn (None: to
     #: all at once, as chunk_server does; BitTorrent unchokes ~4)
     upload_slots: int | None = None
+    #: issue 12's upload slots (p2pfs.peer.slots.UploadSlots, sized from the uplink and the chunk size):
+    #: a request beyond the slots and their short line gets a busy reply, and its downloader cancels it
+    #: at the picker, asks its other holders meanwhile, and asks this one again after `retry_after`
+    slots: bool = False
 
     def describe(self) -> str:
         changes = []
@@ -106,6 +111,8 @@ class Policy:
             changes.append("globally rarest")
         if self.upload_slots is not None:
             changes.append(f"{self.upload_slots} upload slots")
+        if self.slots:
+            changes.append("upload slots")
         return ", ".join(changes) or "as built"
 
 
@@ -160,6 +167,8 @@ class SwarmResult:
     first_chunk: float
     events: int
     wall: float
+    #: busy replies sent by all holders (Policy.slots)
+    busy_replies: int = 0
 
     @property
     def makespan(self) -> float:
@@ -202,6 +211,41 @@ class Peer:
         #: connections sending now, and those waiting for a slot (Policy.upload_slots)
         self.sending = 0
         self.waiting: deque[ServeConn] = deque()
+        #: Policy.slots: the real slot bookkeeping, sized from the uplink's payload rate (what
+        #: slots.UplinkMeter converges to when the holder is busy)
+        self.slots: UploadSlots[ServeConn] | None = None
+        if swarm.policy.slots:
+            self.slots = UploadSlots(chunk_size=swarm.chunk_size)
+            self.slots.measured(link.capacity)
+        self._expiry: Event | None = None
+        self.busy_replies = 0
+
+    def started(self, promoted: list[ServeConn]) -> None:
+        """Connections given a slot by UploadSlots.sent/close/expire: their parked request starts."""
+        for conn in promoted:
+            if conn.live and conn.queue and conn.flow is None:
+                assert self.slots is not None
+                self.slots.start(conn)
+                conn.send_next()
+            elif self.slots is not None:
+                self.started(self.slots.close(conn))  # (nothing left to send it: pass the slot on)
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        slots = self.slots
+        if slots is None:
+            return
+        due = slots.next_expiry()
+        if due is None or (self._expiry is not None and self._expiry.fn is not None and self._expiry.time <= due):
+            return
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = self.swarm.sim.at(due, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        assert self.slots is not None
+        self.started(self.slots.expire(self.swarm.sim.now))
 
     def start_sending(self, conn: ServeConn) -> bool:
         slots = self.swarm.policy.upload_slots
@@ -230,7 +274,7 @@ class ServeConn:
     on the holder's uplink (chunk_server drains each reply before it reads the next request, so the
     super-seeder decides when a reply starts, not when its request arrived)."""
 
-    __slots__ = ("current", "downloader", "flow", "holder", "ident", "live", "parked", "queue")
+    __slots__ = ("current", "downloader", "flow", "holder", "ident", "last_arrival", "live", "parked", "queue")
 
     def __init__(self, holder: Peer, downloader: Downloader, ident: int) -> None:
         self.holder = holder
@@ -242,11 +286,17 @@ class ServeConn:
         self.live = True
         #: waiting for one of the holder's upload slots
         self.parked = False
+        #: when this connection's latest message reaches the downloader (TCP keeps them in order)
+        self.last_arrival = 0.0
 
     def request(self, chunk: int, substitute: bool) -> None:
         if not self.live:
             return
         self.queue.append((chunk, substitute))
+        if self.holder.slots is not None:
+            if self.flow is None and not self.parked:
+                self._admit()
+            return
         if self.flow is None and not self.parked and self.holder.start_sending(self):
             self.send_next()
         elif self.flow is None:
@@ -269,11 +319,43 @@ class ServeConn:
         self.current = (asked, send)
         self.flow = holder.link.send(swarm.chunk_length(send) + REPLY_HEADER_BYTES, self._sent)
 
+    def _admit(self) -> None:
+        """Policy.slots: answer the requests at the front as UploadSlots.admit says (a busy reply each
+        for those refused) until one is sent or parked in line."""
+        holder = self.holder
+        slots = holder.slots
+        assert slots is not None
+        now = holder.swarm.sim.now
+        while self.queue and self.live:
+            admission = slots.admit(self, now)
+            if isinstance(admission, Send):
+                self.send_next()
+                return
+            if not isinstance(admission, Busy):
+                self.parked = True
+                holder._schedule_expiry()  # (a slot idle for IDLE_GRACE is then this one's)
+                return
+            asked, _substitute = self.queue.popleft()
+            holder.busy_replies += 1
+            self._deliver(self.downloader.on_busy, self, asked, admission.retry_after)
+
+    def _deliver(self, fn: Callable[..., None], *args: Any) -> None:
+        holder = self.holder
+        arrival = max(holder.swarm.sim.now + holder.swarm.delay(holder.link), self.last_arrival)
+        self.last_arrival = arrival
+        holder.swarm.sim.at(arrival, fn, *args)
+
     def _sent(self) -> None:
         self.flow = None
         asked, send = self.current
         holder = self.holder
         holder.sent_bytes += holder.swarm.chunk_length(send)
+        if holder.slots is not None:
+            self._deliver(self.downloader.on_reply, self, asked, send)
+            holder.started(holder.slots.sent(self, holder.swarm.sim.now, more=bool(self.queue)))
+            if self.queue and self.flow is None and not self.parked:
+                self._admit()
+            return
         holder.swarm.deliver(holder.link, self.downloader.on_reply, self, asked, send)
         if holder.swarm.policy.upload_slots is None:
             if self.queue:
@@ -288,6 +370,12 @@ class ServeConn:
     def close(self) -> None:
         self.live = False
         self.queue.clear()
+        if self.holder.slots is not None:
+            if self.flow is not None:
+                self.flow.link.cancel(self.flow)
+                self.flow = None
+            self.holder.started(self.holder.slots.close(self))
+            return
         if self.flow is not None:
             self.flow.link.cancel(self.flow)
             self.flow = None
@@ -297,7 +385,7 @@ class ServeConn:
 class _Holder:
     """A downloader's view of one connected holder (transfer._Holder)."""
 
-    __slots__ = ("conn", "meter", "number", "outstanding", "rtt", "useless", "waiting", "window")
+    __slots__ = ("busy_until", "conn", "meter", "number", "outstanding", "rtt", "useless", "waiting", "window")
 
     def __init__(self, number: int, conn: ServeConn, rtt: float) -> None:
         self.number = number
@@ -308,6 +396,13 @@ class _Holder:
         self.outstanding: deque[tuple[int, bool]] = deque()
         self.useless = 0
         self.waiting = False
+        #: Policy.slots: it said busy; nothing is asked of it before this time
+        self.busy_until = 0.0
+
+
+#: A downloader told "busy" asks again after retry_after x a factor in [1, this): refused requesters
+#: must not all come back at the same instant.
+RETRY_JITTER = 1.5
 
 
 class Downloader(Peer):
@@ -332,6 +427,7 @@ class Downloader(Peer):
         self.refresh: Event | None = None
         self.located = False
         self.done: float | None = None
+        self.rebalance_due: Event | None = None
 
     # -- the download's life ---------------------------------------------------------------------
     def start(self) -> None:
@@ -444,6 +540,10 @@ class Downloader(Peer):
         picker = self.picker
         free = transfer.MAX_HOLDERS - len(self.holders) - len(self.connecting)
         idle = [number for number in self.holders if picker.needed(number) == 0]
+        if self.swarm.policy.slots:
+            # a holder that said busy may give its connection to a candidate that might not be
+            now = self.swarm.sim.now
+            idle += [n for n, h in self.holders.items() if h.busy_until > now and not h.outstanding and n not in idle]
         if free <= 0 and not idle:
             return
         coverage = picker.coverage().union_of(self.known[a] for a in self.connecting if a in self.known)
@@ -505,6 +605,11 @@ class Downloader(Peer):
         picker = self.picker
         swarm = self.swarm
         outstanding = holder.outstanding
+        if holder.busy_until > swarm.sim.now:
+            holder.waiting = False  # (woken by _retry, not by _notify)
+            if not outstanding:
+                holder.meter.idle()
+            return
         window = 1 if holder.useless else holder.window
         substitute = holder.number in self.publishers
         while len(outstanding) < window:
@@ -552,6 +657,41 @@ class Downloader(Peer):
             verify = length / swarm.config.verify_rate
             swarm.sim.after(verify, self._settle, holder.number, chunk)
         self._pump(holder)
+
+    def on_busy(self, conn: ServeConn, asked: int, retry_after: float) -> None:
+        """Policy.slots: the holder refused a request (no slot): the chunk goes back to the picker for the
+        other holders, and this holder is asked again after `retry_after` (what Download would do)."""
+        holder = self.holders.get(conn.holder.number)
+        if holder is None or holder.conn is not conn or self.done is not None:
+            return
+        expected, _substitute = holder.outstanding.popleft()
+        if expected != asked:
+            raise SimError(f"busy reply for chunk {asked} where chunk {expected} was asked first")
+        self.picker.cancelled(asked, holder.number)
+        swarm = self.swarm
+        now = swarm.sim.now
+        if holder.busy_until <= now:
+            holder.busy_until = now + retry_after * (1 + (RETRY_JITTER - 1) * self.rng.random())
+            swarm.sim.at(holder.busy_until, self._retry, holder)
+        if not holder.outstanding:
+            holder.meter.idle()
+        if self.rebalance_due is None:
+            # (coalesced: one look at the candidates per REFRESH_INTERVAL_MIN, not one per busy reply)
+            self.rebalance_due = swarm.sim.after(transfer.REFRESH_INTERVAL_MIN, self._rebalance_after_busy)
+        # only the chunk given back is newly pickable: wake the waiting holders that have it
+        for other in list(self.holders.values()):
+            chunks = self.picker.chunks_of(other.number)
+            if other.waiting and chunks is not None and asked in chunks and other.number in self.holders:
+                self._pump(other)
+
+    def _rebalance_after_busy(self) -> None:
+        self.rebalance_due = None
+        self._rebalance()
+        self._notify()
+
+    def _retry(self, holder: _Holder) -> None:
+        if self.holders.get(holder.number) is holder and self.done is None and not holder.outstanding:
+            self._pump(holder)
 
     def _settle(self, number: int, chunk: int) -> None:
         """Download._settle_verified: the first verified copy is held, registered, announced."""
@@ -806,6 +946,7 @@ class Swarm:
             first_chunk=self.first_chunk if self.first_chunk is not None else math.nan,
             events=self.sim.events,
             wall=time.perf_counter() - started,
+            busy_replies=sum(p.busy_replies for p in self.peers),
         )
 
 
