@@ -675,7 +675,9 @@ class RedisStore(Store):
             pipe.eval(_SWEEP, 2, self._key("leases"), self._key("owners"), SWEEP_BATCH)
             expired = (await pipe.execute())[-1]
             for text in expired:
-                self._expired(Address.parse(text.decode()))
+                peer = _address(text)
+                if peer is not None:
+                    self._expired(peer)
 
     def _expired(self, peer: Address) -> None:
         assert self._server is not None
@@ -714,9 +716,9 @@ class RedisStore(Store):
         pipe.zrange(self._key("leases"), 0, -1)
         pipe.smembers(self._key("files"))
         owners, leased, names = await pipe.execute()
-        live = {Address.parse(p.decode()) for p in leased}
+        live = {a for a in map(_address, leased) if a is not None}
         for peer_text, tracker in owners.items():
-            peer = Address.parse(peer_text.decode())
+            peer = _address(peer_text)
             if peer in live and peer not in self._own:
                 self._owner[peer] = tracker.decode()
         for peer in live:
@@ -725,7 +727,7 @@ class RedisStore(Store):
             if peer not in live and peer not in self._own:
                 self._owner.pop(peer, None)
                 registry.remove_peer(peer)
-        names = sorted(n.decode() for n in names)
+        names = sorted(n.decode(errors="replace") for n in names)  # (a name not UTF-8 finds no record: skipped)
         for start in range(0, len(names), LOAD_BATCH):
             await self._load_files(names[start : start + LOAD_BATCH], live)
         self.loads += 1
@@ -750,10 +752,10 @@ class RedisStore(Store):
                 meta = _decode_meta(value)
             except msgspec.DecodeError:
                 continue
-            holders = [h for h in (Address.parse(t.decode()) for t in holder_texts) if h in live]
+            holders = [h for h in map(_address, holder_texts) if h in live]
             for holder in holders:
                 pipe.get(self._key("have", holder, name))
-            wanted.append((name, meta, holders, {Address.parse(t.decode()) for t in publisher_texts}))
+            wanted.append((name, meta, holders, {a for a in map(_address, publisher_texts) if a is not None}))
         bitmaps = iter(await pipe.execute())
         for name, meta, holders, publishers in wanted:
             held = {holder: from_bitmap(meta.chunks, next(bitmaps) or b"") for holder in holders}
@@ -785,6 +787,16 @@ async def _first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _address(text: bytes) -> Address | None:
+    """A peer address read from Redis; None (logged) for one that is not `host:port`: a damaged or
+    foreign key makes a tracker skip that entry, never fail its session over and over."""
+    try:
+        return Address.parse(text.decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        log.warning("store: ignored a malformed peer address in Redis %r: %s", text[:100], exc)
+        return None
 
 
 def _describe(exc: BaseException) -> str:

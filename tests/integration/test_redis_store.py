@@ -226,3 +226,25 @@ def test_small_registrations_are_written_by_one_script_per_batch(
     }
     assert redis_server.cli("SCARD", "p2pfs:holders:f") == "2"
     assert redis_server.cli("SISMEMBER", "p2pfs:files_of:10.0.0.1:7", "g") == "1"
+
+
+def test_damaged_entries_in_redis_are_skipped(
+    procs: Callable[..., Proc], redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Garbage in the keys a tracker loads (a lease of no address, a record that is not MessagePack, a
+    holder of no address): a tracker starting on it says nothing fails, lists the good file and serves it."""
+    _, a = start_tracker(procs, redis_server.url, "--lease", "60")
+    src = make_file(tmp_path / "data.bin", 300_000)
+    share(procs, a, src)
+    until(lambda: redis_server.cli("EXISTS", "p2pfs:file:data.bin") == "1", 5, "the publish is in Redis")
+    redis_server.cli("ZADD", "p2pfs:leases", "99999999999999", "not an address")
+    redis_server.cli("SADD", "p2pfs:files", "junk")
+    redis_server.cli("SET", "p2pfs:file:junk", "\x01\x02 not msgpack")
+    redis_server.cli("SADD", "p2pfs:holders:data.bin", "::nonsense::")
+    tracker_b, b = start_tracker(procs, redis_server.url, "--lease", "60")
+    assert listing(b) == {"data.bin": [300_000, 5]}
+    dest = tmp_path / "out.bin"
+    result = run("get", "data.bin", str(dest), "--tracker", b, "-q")
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == src.read_bytes()
+    assert not any("unavailable" in line or "Traceback" in line for line in tracker_b.stderr), tracker_b.stderr
