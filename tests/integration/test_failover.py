@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_redis_store import (
+    get_exact,
     listing,
     share,
     start_tracker,
     until,
 )
-from tests.procs import LISTENING, Proc, make_file, run
+from tests.procs import LISTENING, Proc, make_file
 from tests.redis_server import REDIS_SERVER, RedisServer
 
 pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
@@ -46,10 +47,7 @@ def test_kill_the_swarms_tracker_mid_transfer(
     # the sharer moved to B and says so; B lists the file; a new get given both trackers succeeds
     sharer.expect_err(rf"failed over from tracker {a} to tracker {b}")
     assert "data.bin" in listing(b)
-    dest = tmp_path / "later.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", both, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "later.bin", both)
 
 
 def test_seeder_fails_over_and_stays_listed(
@@ -71,10 +69,7 @@ def test_seeder_fails_over_and_stays_listed(
     until(lambda: float(redis_server.cli("ZSCORE", *lease_key)) > granted_by_a + 1000, 10, "B renews the lease")
     _, c = start_tracker(procs, redis_server.url, "--lease", "1")  # (loads what Redis leases now)
     assert "data.bin" in listing(c)
-    dest = tmp_path / "out.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", c, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "out.bin", c)
 
 
 def test_peer_shell_connect_takes_several_trackers(

@@ -38,6 +38,13 @@ def listing(tracker: str) -> dict[str, list[int]]:
     return dict(json.loads(result.stdout))
 
 
+def get_exact(src: Path, dest: Path, trackers: str) -> None:
+    """`p2pfs get` of data.bin through `trackers` succeeds with `src`'s exact bytes."""
+    result = run("get", "data.bin", str(dest), "--tracker", trackers, "-q")
+    assert result.returncode == 0, result.stderr
+    assert dest.read_bytes() == src.read_bytes()
+
+
 def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Ask again until `condition` holds (a state another process reaches), failing after `timeout`."""
     deadline = time.monotonic() + timeout
@@ -54,10 +61,7 @@ def test_two_trackers_serve_one_swarm(procs: Callable[..., Proc], redis_server: 
     share(procs, a, src)
     until(lambda: "data.bin" in listing(b), 5, "tracker B lists what was shared through A")
     assert listing(b)["data.bin"] == [1_000_000, 16]
-    dest = tmp_path / "out.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", b, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "out.bin", b)
 
 
 def test_downloaders_on_different_trackers_exchange_chunks(
@@ -94,10 +98,7 @@ def test_tracker_restarted_has_its_state(procs: Callable[..., Proc], redis_serve
     tracker.kill9()
     _, again = start_tracker(procs, redis_server.url, "--lease", "60")
     assert listing(again)["data.bin"] == [500_000, 8]
-    dest = tmp_path / "out.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", again, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "out.bin", again)
 
 
 def test_peers_dying_with_their_tracker_expire(
@@ -138,10 +139,7 @@ def test_redis_restarted_under_a_swarm(procs: Callable[..., Proc], redis_server:
     until(lambda: redis_server.cli("EXISTS", "p2pfs:file:data.bin") == "1", 5, "the file is in Redis again")
     _, c = start_tracker(procs, redis_server.url)
     assert listing(c)["data.bin"] == [700_000, 11]
-    dest = tmp_path / "after.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", c, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "after.bin", c)
     # one line each for the failure, one for the recovery: no traceback
     for proc in (ta, tb):
         assert not any("Traceback" in line for line in proc.stderr), proc.stderr
@@ -188,10 +186,7 @@ def test_chunks_registered_through_a_tracker_are_in_redis(
     assert redis_server.cli("SISMEMBER", f"p2pfs:files_of:{holder}", "data.bin") == "1"
     sharer.kill9()
     _, c = start_tracker(procs, redis_server.url, "--lease", "60")
-    dest = tmp_path / "out.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", c, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "out.bin", c)
 
 
 def test_small_registrations_are_written_by_one_script_per_batch(
@@ -243,8 +238,5 @@ def test_damaged_entries_in_redis_are_skipped(
     redis_server.cli("SADD", "p2pfs:holders:data.bin", "::nonsense::")
     tracker_b, b = start_tracker(procs, redis_server.url, "--lease", "60")
     assert listing(b) == {"data.bin": [300_000, 5]}
-    dest = tmp_path / "out.bin"
-    result = run("get", "data.bin", str(dest), "--tracker", b, "-q")
-    assert result.returncode == 0, result.stderr
-    assert dest.read_bytes() == src.read_bytes()
+    get_exact(src, tmp_path / "out.bin", b)
     assert not any("unavailable" in line or "Traceback" in line for line in tracker_b.stderr), tracker_b.stderr
