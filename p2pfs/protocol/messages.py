@@ -232,10 +232,10 @@ class ReplyFileLocation(Message, tag="REPLY_FILE_LOCATION", omit_defaults=True):
         seed's lists turned into runs. A complete holder of a huge file stays one run, never a list."""
         if self.chunkranges is not None:
             return self.chunkranges
-        return {holder: _runs_of(numbers) for holder, numbers in self.chunkinfo.items()}
+        return {holder: runs_of(numbers) for holder, numbers in self.chunkinfo.items()}
 
 
-def _runs_of(numbers: list[int]) -> list[tuple[int, int]]:
+def runs_of(numbers: list[int]) -> list[tuple[int, int]]:
     """The numbers (in any order, repeats allowed) as maximal runs [first, end), ascending."""
     runs: list[tuple[int, int]] = []
     first = end = -1

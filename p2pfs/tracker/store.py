@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import re
 import secrets
@@ -146,6 +147,10 @@ class FileMeta(msgspec.Struct, array_like=True):
     chunksize: int | None
     chunkhashes: bytes | None
     collection: m.Collection | None
+
+
+def _meta_of(record: FileRecord) -> FileMeta:
+    return FileMeta(record.filesize, record.chunk_count, record.chunk_size, record.chunk_hashes, record.collection)
 
 
 class Joined(msgspec.Struct, tag="joined", array_like=True):
@@ -504,7 +509,7 @@ class RedisStore(Store):
                 self._ops.append(functools.partial(self._write_holding, peer=peer, record=record, whole=False))
             else:
                 small += (name, str(peer), len(chunks), *chunks)
-            self._events.append(Chunks(str(peer), name, ChunkSet.from_numbers(record.chunk_count, chunks).runs()))
+            self._events.append(Chunks(str(peer), name, m.runs_of(chunks)))  # (O(chunks), not O(file))
         if small:
             self._ops.append(functools.partial(self._write_chunks, groups=small))
 
@@ -522,7 +527,7 @@ class RedisStore(Store):
     def _write_holding(self, pipe: Pipeline, peer: Address, record: FileRecord, whole: bool) -> None:
         """The file's record (unless Redis has one) and `peer`'s whole bitmap of it, from the replica."""
         name = record.name
-        meta = FileMeta(record.filesize, record.chunk_count, record.chunk_size, record.chunk_hashes, record.collection)
+        meta = _meta_of(record)
         pipe.set(self._key("file", name), _encode(meta), nx=True)
         pipe.sadd(self._key("files"), name)
         held = ChunkSet(record.chunk_count, full=True) if whole else record.holders.get(peer)
@@ -606,26 +611,16 @@ class RedisStore(Store):
         elif isinstance(event, Published):
             record = registry.files.get(event.name)
             if record is None or record.content_id != event.contentid:
-                meta = await self._read_meta(event.name)
+                meta = await self._read_meta(event.name)  # (a file new here: its record is in Redis)
                 if meta is None:
                     return
-                registry.add_peer(peer)
-                with contextlib.suppress(PublishRefused):
-                    registry.publish(
-                        peer, event.name, meta.filesize, meta.chunks, meta.chunksize, meta.chunkhashes, meta.collection
-                    )
             else:
-                registry.add_peer(peer)
-                with contextlib.suppress(PublishRefused):
-                    registry.publish(
-                        peer,
-                        event.name,
-                        record.filesize,
-                        record.chunk_count,
-                        record.chunk_size,
-                        record.chunk_hashes,
-                        record.collection,
-                    )
+                meta = _meta_of(record)
+            registry.add_peer(peer)
+            with contextlib.suppress(PublishRefused):
+                registry.publish(
+                    peer, event.name, meta.filesize, meta.chunks, meta.chunksize, meta.chunkhashes, meta.collection
+                )
             if event.name in registry.files:
                 server.push_news(event.name, peer, range(event.chunks))
         elif isinstance(event, Chunks):
@@ -633,7 +628,9 @@ class RedisStore(Store):
             if record is None:
                 return
             registry.add_peer(peer)
-            gained = registry.register_chunks(peer, event.name, ChunkSet.from_runs(record.chunk_count, event.runs))
+            count = record.chunk_count  # (runs clipped to the file: O(chunks registered), not O(file))
+            numbers = itertools.chain.from_iterable(range(max(a, 0), min(b, count)) for a, b in event.runs)
+            gained = registry.register_chunks(peer, event.name, numbers)
             if gained:
                 server.push_news(event.name, peer, gained)
         elif isinstance(event, Unpublished):
