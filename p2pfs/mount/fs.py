@@ -112,6 +112,8 @@ class MountFS(pyfuse3.Operations):
         self._by_name: dict[tuple[str, str | None], int] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._open: dict[int, OpenFile] = {}
+        #: how many of them read sequentially now (kept up to date by `read`, not counted per read)
+        self._sequential = 0
         self._next_fh = 1
         self.fetchers: dict[tuple[str, str | None], Fetcher] = {}
         self._locks: dict[tuple[str, str | None], asyncio.Lock] = {}
@@ -366,9 +368,11 @@ class MountFS(pyfuse3.Operations):
         start = node.offset + off
         cached = handle.fetcher.cached
         # the read-ahead windows of every open stream (of any file) share one part of the cache budget
-        streams = sum(1 for h in self._open.values() if h is handle or h.readahead.sequential)
+        was_sequential = handle.readahead.sequential
+        streams = self._sequential + (0 if was_sequential else 1)  # (this one, and the sequential others)
         limit = policy.window_limit(self.cache.budget, streams, cached.chunk_size)
         ahead = handle.readahead.on_read(start, size, time.monotonic(), limit)
+        self._sequential += handle.readahead.sequential - was_sequential
         log.debug("read of %d bytes at %d of %s (chunks ahead: %s)", size, start, node.name, ahead)
         if ahead:
             last = policy.covering(node.offset, node.size, cached.chunk_size, cached.filesize)
@@ -380,6 +384,7 @@ class MountFS(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         handle = self._open.pop(fh, None)
         if handle is not None:
+            self._sequential -= handle.readahead.sequential
             handle.fetcher.forget_stream(fh)
 
     @_errors_to_eio
