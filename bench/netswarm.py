@@ -10,7 +10,8 @@ so the eight start downloading at one moment, after Python has started up). A do
 time is when its DEST appears (p2pfs renames DEST.part only after verifying every chunk), polled every
 20 ms. Cases (each the median of --runs runs, 3 by default; --quick: 1 run, 32 MiB instead of 128 MiB):
 
-- homogeneous: every uplink 100 Mbit/s; then libtorrent 2.1.1 (bench/lt_netns.py) the same way;
+- homogeneous: every uplink 100 Mbit/s; again without upload slots (P2PFS_UPLOAD_SLOTS=0, the chunk
+  server before issue 12); then libtorrent 2.1.1 (bench/lt_netns.py) the same way;
 - two slow uplinks: d7 and d8 at 10 Mbit/s;
 - slow holder: d1 waits SLOW_DELAY s before each chunk reply (P2PFS_TEST_DELAY).
 
@@ -141,6 +142,13 @@ def cases() -> list[Case]:
     mixed = {d: SLOW_LINK_RATE if d in SLOW_LINKS else RATE for d in downloaders}
     return [
         Case("homogeneous", f"1+{DOWNLOADERS}, all uplinks {RATE:g} Mbit/s", "p2pfs", same),
+        Case(
+            "no-slots",
+            f"1+{DOWNLOADERS}, all uplinks {RATE:g} Mbit/s, no upload slots (P2PFS_UPLOAD_SLOTS=0)",
+            "p2pfs",
+            same,
+            {h: {"P2PFS_UPLOAD_SLOTS": "0"} for h in ["seeder", *downloaders]},
+        ),
         Case("libtorrent", f"libtorrent 2.1.1, 1+{DOWNLOADERS}, all {RATE:g} Mbit/s", "libtorrent", same),
         Case(
             "slow-links",
@@ -739,6 +747,13 @@ def record(text: str, started: datetime.datetime, header: str) -> None:
     print(f"appended to {RESULTS.relative_to(REPO)}")
 
 
+def _resize(downloaders: int | None, rate: float | None) -> None:
+    """--downloaders, --rate: the testbed's shape, read by cases() and main()."""
+    global DOWNLOADERS, RATE
+    DOWNLOADERS = downloaders or DOWNLOADERS
+    RATE = rate or RATE
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.netswarm", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -746,6 +761,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--runs", type=int, help="runs per case (default 3; 1 with --quick)")
     parser.add_argument("--no-libtorrent", action="store_true", help="skip the libtorrent case")
+    parser.add_argument("--downloaders", type=int, help=f"downloaders (default {DOWNLOADERS}; at least 3)")
+    parser.add_argument("--rate", type=float, help=f"every uplink, Mbit/s (default {RATE:g})")
+    parser.add_argument("--size", type=int, help=f"file size in MiB (default {SIZE // MiB}; {QUICK_SIZE // MiB} with --quick)")
     parser.add_argument(
         "--only",
         help="comma-separated cases to run: " + ", ".join(c.key for c in cases()),
@@ -759,7 +777,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = args.runs or (1 if args.quick else 3)
     if runs < 1:
         parser.error("--runs must be at least 1")
-    size = QUICK_SIZE if args.quick else SIZE
+    if args.downloaders is not None and args.downloaders < len(SLOW_LINKS) + 1:
+        parser.error("--downloaders must be at least 3")
+    _resize(args.downloaders, args.rate)
+    size = args.size * MiB if args.size else QUICK_SIZE if args.quick else SIZE
     should_record = args.record if args.record is not None else not args.quick
 
     interrupt_on_termination()

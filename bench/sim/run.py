@@ -5,8 +5,8 @@
 
 Default: the validation cases (1+8 and 1+16 as `make swarm` measured them, median of --runs seeds),
 then N = 100 downloaders (N = 1,000 with --n: too slow for make sim), every uplink 100 Mbit/s and with a spread (20 % of the downloaders
-at a tenth of that). Every case runs as built and again with upload slots (--slots, p2pfs.peer.slots,
-issue 12) on the next row; --no-slots leaves those rows out. Cases above GOAL x the bound are run again with one policy switched at a time
+at a tenth of that). Every case runs as built and again without upload slots (p2pfs.peer.slots, issue
+12: the chunk server before them) on the next row; --no-compare leaves those rows out. Cases above GOAL x the bound are run again with one policy switched at a time
 (bench.sim.swarm.Policy), and the policy whose switch moves the ratio most is named. The table is
 printed and appended to bench/RESULTS.md unless --no-record.
 """
@@ -52,7 +52,7 @@ class Case:
     #: what the testbed measured: (makespan s, ratio to the bound), or None
     testbed: tuple[float, float] | None = None
     runs: int = 1
-    #: run the policy variants when above the goal (off for the slots rows: each N = 100 run is long)
+    #: run the policy variants when above the goal (off for the rows without slots: N = 100 runs are long)
     blame: bool = True
 
 
@@ -150,10 +150,10 @@ def scale_cases(quick: bool) -> list[Case]:
     ]
 
 
-def with_slots(case: Case) -> Case:
-    """The same case with upload slots (Policy.slots), named so on its row."""
-    policy = replace(case.config.policy, slots=True)
-    return replace(case, title=f"{case.title}, upload slots", config=replace(case.config, policy=policy), blame=False)
+def without_slots(case: Case) -> Case:
+    """The same case without upload slots (Policy.slots off: as before issue 12), named so on its row."""
+    policy = replace(case.config.policy, slots=False)
+    return replace(case, title=f"{case.title}, no upload slots", config=replace(case.config, policy=policy), blame=False)
 
 
 def run_case(case: Case, blame: bool, blame_max_n: int) -> Outcome:
@@ -263,8 +263,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-blame", dest="blame", action="store_false", help="do not run the policy variants")
     parser.add_argument("--blame-max-n", type=int, default=100, help="run variants for cases up to this N (default 100)")
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not append to RESULTS.md")
-    parser.add_argument("--slots", dest="slots", action="store_true", default=None, help="with --n: upload slots only")
-    parser.add_argument("--no-slots", dest="slots", action="store_false", help="no upload-slots rows")
+    parser.add_argument("--no-slots", action="store_true", help="with --n: without upload slots only")
+    parser.add_argument("--no-compare", dest="compare", action="store_false", help="no rows without upload slots")
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 1:
         parser.error("--n must be at least 1")
@@ -280,15 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         title = f"1+{args.n}, {args.size / MiB:g} MiB / {args.chunk_size / MiB:g} MiB chunks, {args.uplink:g} Mbit/s{spread}"
         cfg = config(args.n, args.size, args.chunk_size, args.uplink, args.spread, args.seed, tracker_on_seeder=args.tracker_on_seeder)
         cases = [Case(title, cfg, runs=1)]
-        if args.slots:
-            cases = [with_slots(cases[0])]
+        if args.no_slots:
+            cases = [without_slots(cases[0])]
     else:
         runs = 1 if args.quick else args.runs
         cases = []
         for case in validation_cases(runs) + scale_cases(args.quick):
             cases.append(case)
-            if args.slots is not False:
-                cases.append(with_slots(case))
+            if args.compare:
+                cases.append(without_slots(case))
     started = time.perf_counter()
     lines = [HEADER, RULE]
     print(HEADER)

@@ -94,10 +94,11 @@ class Policy:
     #: a holder sends to at most this many connections at once, the others wait their turn (None: to
     #: all at once, as chunk_server does; BitTorrent unchokes ~4)
     upload_slots: int | None = None
-    #: issue 12's upload slots (p2pfs.peer.slots.UploadSlots, sized from the uplink and the chunk size):
-    #: a request beyond the slots and their short line gets a busy reply, and its downloader cancels it
-    #: at the picker, asks its other holders meanwhile, and asks this one again after `retry_after`
-    slots: bool = False
+    #: the chunk server's upload slots (p2pfs.peer.slots.UploadSlots, sized from the uplink and the chunk
+    #: size): a request beyond the slots and their short line gets a busy reply, and its downloader
+    #: cancels it at the picker, asks its other holders meanwhile, and asks this one again after
+    #: `retry_after` (False: every requester is sent to at once, as before issue 12)
+    slots: bool = True
 
     def describe(self) -> str:
         changes = []
@@ -111,8 +112,8 @@ class Policy:
             changes.append("globally rarest")
         if self.upload_slots is not None:
             changes.append(f"{self.upload_slots} upload slots")
-        if self.slots:
-            changes.append("upload slots")
+        if not self.slots and self.upload_slots is None:
+            changes.append("no upload slots")
         return ", ".join(changes) or "as built"
 
 
@@ -400,11 +401,6 @@ class _Holder:
         self.busy_until = 0.0
 
 
-#: A downloader told "busy" asks again after retry_after x a factor in [1, this): refused requesters
-#: must not all come back at the same instant.
-RETRY_JITTER = 1.5
-
-
 class Downloader(Peer):
     """One `p2pfs get --seed`: transfer.Download's decisions, driven by simulated events."""
 
@@ -671,7 +667,7 @@ class Downloader(Peer):
         swarm = self.swarm
         now = swarm.sim.now
         if holder.busy_until <= now:
-            holder.busy_until = now + retry_after * (1 + (RETRY_JITTER - 1) * self.rng.random())
+            holder.busy_until = now + retry_after * (1 + (transfer.RETRY_JITTER - 1) * self.rng.random())
             swarm.sim.at(holder.busy_until, self._retry, holder)
         if not holder.outstanding:
             holder.meter.idle()

@@ -105,6 +105,16 @@ class PeerCollector(Collector):
                 "Holders dropped by a download (failed, misbehaved or left).",
                 transfers.holders_dropped,
             ),
+            (
+                "busy_replies",
+                "Chunk requests this peer answered PEER_BUSY (all its upload slots were taken).",
+                transfers.busy_replies,
+            ),
+            (
+                "busy_replies_received",
+                "PEER_BUSY replies this peer's downloads got from holders (asked elsewhere, then again).",
+                transfers.busy_replies_received,
+            ),
         ):
             yield CounterMetricFamily(f"p2pfs_peer_{name}_total", documentation, value)
         yield GaugeMetricFamily("p2pfs_peer_active_downloads", "Downloads running.", peer.active_downloads)

@@ -96,4 +96,8 @@ class TransferStats:
         self.chunks_verified = 0
         self.hash_failures = 0
         self.holders_dropped = 0
+        #: requests this peer's chunk server answered PEER_BUSY (every upload slot taken)
+        self.busy_replies = 0
+        #: PEER_BUSY replies its downloads were given by holders
+        self.busy_replies_received = 0
         self.chunk_fetch_duration = Histogram(FETCH_BUCKETS)

@@ -66,6 +66,7 @@ class Peer:
             super_seed=raw and os.environ.get("P2PFS_SUPER_SEED", "1") != "0",
             security=security,
             upload=self.upload_limit,
+            upload_slots=upload_slots_from_env(),
         )
         self.tracker = TrackerClient(on_status=on_tracker_status, on_reconnected=self.announce, security=security)
         self.address: Address | None = None
@@ -349,3 +350,16 @@ class Peer:
             log.info("unpublished %s without telling the tracker: %s", name, exc)
         except TrackerError as exc:
             raise TrackerError(f"stopped sharing {name!r} here, but {exc}") from None
+
+
+def upload_slots_from_env() -> int | None:
+    """P2PFS_UPLOAD_SLOTS: `auto` (or unset) sizes the upload slots from the measured uplink, 0 turns them
+    off (every requester is sent to at once: benchmarks compare both), N fixes them at N."""
+    text = os.environ.get("P2PFS_UPLOAD_SLOTS", "auto").strip().lower()
+    if text in ("", "auto"):
+        return None
+    try:
+        return max(0, int(text))
+    except ValueError:
+        log.warning("P2PFS_UPLOAD_SLOTS=%r is not a number or auto; sizing upload slots automatically", text)
+        return None

@@ -6,8 +6,9 @@ Pure bookkeeping, like the picker: connections are opaque keys, `now` is passed 
 The chunk server asks `admit` before it answers a request and reports each reply with `sent`; a request
 refused gets a busy reply carrying `retry_after`, and the downloader asks another holder meanwhile.
 
-Status: designed and measured in the swarm simulator (bench/sim, Policy.slots), which drives this class;
-the chunk server and Download do not use it yet (that needs a busy reply on the wire: issue 12).
+The chunk server (p2pfs.peer.chunk_server) and the swarm simulator (bench/sim, Policy.slots) drive this
+class; a busy reply is PEER_BUSY on the wire, sent only to requests that say they accept it (`busyok`):
+the others wait in line (docs/PROTOCOL.md section 7, *Upload slots*).
 """
 
 from __future__ import annotations
@@ -126,8 +127,9 @@ class UploadSlots(Generic[C]):
         return len(self._waiting)
 
     # -- requests ----------------------------------------------------------------------------------
-    def admit(self, conn: C, now: float) -> Admission:
-        """A request from `conn` is next to answer on its connection."""
+    def admit(self, conn: C, now: float, refuse: bool = True) -> Admission:
+        """A request from `conn` is next to answer on its connection. `refuse`: it may be refused (False:
+        its asker knows no busy reply, so it waits in line however long the line is)."""
         slot = self._held.get(conn)
         if slot is not None:
             slot.sending += 1
@@ -139,7 +141,7 @@ class UploadSlots(Generic[C]):
         if len(self._held) < self.slots and not self._waiting:
             self._grant(conn).sending += 1
             return SEND
-        if len(self._waiting) < self._limit:
+        if len(self._waiting) < self._limit or not refuse:
             self._waiting.append(conn)
             return QUEUED
         self.refused += 1
@@ -218,17 +220,40 @@ class UploadSlots(Generic[C]):
 
 
 class UplinkMeter:
-    """The holder's uplink payload rate, from its own replies: a reply of `nbytes` that took `seconds`
-    while `sharing` replies were on the uplink stands for nbytes x sharing / seconds (the uplink is shared
-    equally), averaged over the replies of the last while. Feeds `UploadSlots.measured`."""
+    """The holder's uplink payload rate, from what it sends while it always has something to send: bytes
+    handed to the kernel over spans of at least INTERVAL seconds during which some reply was being sent,
+    averaged over the last few spans. A span broken by a moment with nothing to send does not count (the
+    uplink was not the limit). Feeds `UploadSlots.measured`. Time is passed in."""
 
-    #: Weight of the newest sample.
-    ALPHA = 0.2
+    #: Shortest span measured: long against a chunk's time on the wire, so the kernel's send buffer
+    #: (which takes the first few MiB at once) weighs little.
+    INTERVAL = 1.0
+    #: Weight of the newest span.
+    ALPHA = 0.3
 
     def __init__(self) -> None:
         self.rate: float | None = None
+        self._since: float | None = None
+        self._bytes = 0
 
-    def reply(self, nbytes: int, seconds: float, sharing: int) -> float:
-        sample = nbytes * max(1, sharing) / max(seconds, 1e-6)
+    def busy(self, now: float) -> None:
+        """A reply starts while none was being sent: a span starts (if none is running)."""
+        if self._since is None:
+            self._since, self._bytes = now, 0
+
+    def idle(self) -> None:
+        """Nothing is being sent now: the running span is dropped."""
+        self._since = None
+
+    def sent(self, nbytes: int, now: float) -> float | None:
+        """A reply of `nbytes` has left. Returns the new rate when a span ended (None: no new figure)."""
+        if self._since is None:
+            return None
+        self._bytes += nbytes
+        span = now - self._since
+        if span < self.INTERVAL:
+            return None
+        sample = self._bytes / span
         self.rate = sample if self.rate is None else (1 - self.ALPHA) * self.rate + self.ALPHA * sample
+        self._since, self._bytes = now, 0
         return self.rate

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import random
 import threading
 import time
 from collections import Counter, deque
@@ -84,6 +85,12 @@ MAX_CANDIDATES = 256
 #: place of the one asked for) is dropped for this download: an honest super-seeder substitutes only
 #: chunks nobody has had yet, so a few in a row are a bug or an attack, and every one wastes a request.
 USELESS_REPLY_LIMIT = 4
+#: A holder told us "busy" (PEER_BUSY): it is asked again after its `retryafter` x a factor drawn in
+#: [1, this), so the downloaders it refused do not all come back at the same instant.
+RETRY_JITTER = 1.5
+#: A holder answering nothing but PEER_BUSY for this long is dropped like one that does not answer
+#: (a holder that is always busy would otherwise keep the chunks only it has out of reach for ever).
+BUSY_TIMEOUT = CHUNK_TIMEOUT
 
 
 class Part(Protocol):
@@ -212,6 +219,12 @@ class _Holder:
     #: chunks it answered with ERROR: asked again (the tracker may list them again), a second ERROR for
     #: the same chunk drops the holder, so a holder that cannot read a chunk cannot keep a download busy
     refused: set[int] = field(default_factory=set)
+    #: it answered PEER_BUSY: nothing is asked of it before this time (time.monotonic())
+    busy_until: float = 0.0
+    #: when its run of PEER_BUSY replies began (None: its last answer was a chunk), see BUSY_TIMEOUT
+    busy_since: float | None = None
+    #: requests sent and not answered yet
+    outstanding: int = 0
 
 
 class Download:
@@ -301,6 +314,9 @@ class Download:
         #: (chunks, urgent) wanted before the stream was ready for them
         self._early_wants: list[tuple[list[int], bool]] = []
         self._stream_ready = False
+        #: a look at the candidates after PEER_BUSY replies, at most one per REFRESH_INTERVAL_MIN
+        self._busy_rebalance: asyncio.TimerHandle | None = None
+        self._rng = random.Random()
 
     async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
         """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
@@ -701,6 +717,11 @@ class Download:
         picker = self._picker
         free = MAX_HOLDERS - len(self._holders) - len(self._connecting)
         idle = [address for address in self._holders if picker.needed(address) == 0]
+        # a holder that said busy may give its connection to a candidate that might not be
+        now = time.monotonic()
+        idle += [
+            a for a, h in self._holders.items() if h.busy_until > now and not h.outstanding and a not in idle
+        ]
         if free <= 0 and not idle:
             return
         coverage = picker.coverage().union_of(self._known[a] for a in self._connecting if a in self._known)
@@ -784,6 +805,9 @@ class Download:
 
     async def _close_holders(self) -> None:
         self._closing = True
+        if self._busy_rebalance is not None:
+            self._busy_rebalance.cancel()
+            self._busy_rebalance = None
         self._notify()
         tasks: list[asyncio.Task[object]] = [h.task for h in self._holders.values() if h.task is not None]
         tasks += list(self._connecting.values())
@@ -808,6 +832,13 @@ class Download:
             while (self._streaming or not picker.complete) and not self._closing:
                 # a holder whose last replies were useless substitutes gets one request at a time
                 window = 1 if holder.useless else holder.window
+                wait = holder.busy_until - time.monotonic()
+                if wait > 0:  # it said busy: nothing more is asked of it until then
+                    if not outstanding:
+                        holder.meter.idle()
+                        await asyncio.sleep(wait)
+                        continue
+                    window = 0
                 while len(outstanding) < window:
                     chunk = picker.pick(holder.address)
                     if chunk is None:
@@ -823,10 +854,15 @@ class Download:
                     substitute = self.raw and holder.address in self._publishers and not self._partial
                     holder.conn.send(
                         m.PeerRequestChunk(
-                            filename=self.name, chunknum=chunk, raw=self.raw, substitute=substitute
+                            filename=self.name,
+                            chunknum=chunk,
+                            raw=self.raw,
+                            substitute=substitute,
+                            busyok=self.raw,
                         )
                     )
                     outstanding.append((chunk, substitute, time.monotonic()))
+                    holder.outstanding = len(outstanding)
                 if not outstanding:
                     holder.meter.idle()
                     await self._changed.wait()
@@ -835,6 +871,11 @@ class Download:
                 async with asyncio.timeout(CHUNK_TIMEOUT):
                     reply = await holder.conn.recv()
                 chunk, substitute, sent = outstanding.popleft()
+                holder.outstanding = len(outstanding)
+                if isinstance(reply, m.PeerBusy):
+                    self._busy(holder, chunk, reply)
+                    continue
+                holder.busy_since = None
                 await self._receive(holder, chunk, substitute, reply)
                 self.transfers.chunk_fetch_duration.observe(time.monotonic() - sent)
         except Misbehaving as exc:
@@ -854,6 +895,33 @@ class Download:
         finally:
             if (picker.complete and not self._streaming) or self._holders.get(holder.address) is not holder:
                 holder.conn.close()
+
+    def _busy(self, holder: _Holder, chunk: int, reply: m.PeerBusy) -> None:
+        """The holder will not send `chunk` now (all its upload slots are taken): the chunk goes back to
+        the picker for the other holders, and this one is asked again after its `retryafter`."""
+        if reply.filename != self.name or reply.chunknum != chunk:
+            raise ProtocolError(
+                f"holder {holder.address} answered chunk {chunk} with PEER_BUSY for chunk {reply.chunknum}"
+            )
+        self.transfers.busy_replies_received += 1
+        now = time.monotonic()
+        if holder.busy_since is None:
+            holder.busy_since = now
+        elif now - holder.busy_since > BUSY_TIMEOUT:
+            raise PeerUnavailable(f"answered only PEER_BUSY for {now - holder.busy_since:.0f} s")
+        self._picker.cancelled(chunk, holder.address)
+        if holder.busy_until <= now:
+            holder.busy_until = now + reply.retryafter * (1 + (RETRY_JITTER - 1) * self._rng.random())
+        if self._busy_rebalance is None and self._hopeful:
+            # (coalesced: one look at the candidates per REFRESH_INTERVAL_MIN, not one per busy reply)
+            self._busy_rebalance = asyncio.get_running_loop().call_later(
+                REFRESH_INTERVAL_MIN, self._rebalance_after_busy
+            )
+        self._notify()  # (the chunk given back may be asked of another holder now)
+
+    def _rebalance_after_busy(self) -> None:
+        self._busy_rebalance = None
+        self._rebalance()
 
     async def _receive(self, holder: _Holder, chunk: int, substitute: bool, reply: m.AnyMessage) -> None:
         """Take one reply to a request for `chunk` (`substitute`: the request allowed another chunk in

@@ -42,6 +42,9 @@ Sha256Hex = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-fA-F]{64}$")]
 Nonce = Annotated[str, msgspec.Meta(pattern=rf"^[0-9a-f]{{{2 * NONCE_SIZE}}}$")]
 Proof = Annotated[str, msgspec.Meta(pattern=rf"^[0-9a-f]{{{2 * PROOF_SIZE}}}$")]
 
+#: Seconds a refused requester waits before asking the same holder again (PEER_BUSY).
+RetryAfter = Annotated[float, msgspec.Meta(ge=0, le=60)]
+
 #: (filesize, totalchunknum), a JSON array of two integers.
 FileInfo = tuple[FileSize, ChunkCount]
 
@@ -289,6 +292,9 @@ class PeerRequestChunk(_LooksUpName, tag="PEER_REQUEST_CHUNK", omit_defaults=Tru
     # extension (super-seeding): the asker also accepts another chunk of the file in reply (the reply's
     # `chunknum` says which); an origin seeder uses it to send every chunk once before any twice
     substitute: bool = False
+    # extension (upload slots): the asker accepts PEER_BUSY in reply (the holder sends to a few
+    # downloaders at a time and refuses the rest); without it a request waits for a slot in line
+    busyok: bool = False
 
 
 class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK", omit_defaults=True):
@@ -303,6 +309,16 @@ class PeerReplyChunk(Message, tag="PEER_REPLY_CHUNK", omit_defaults=True):
     def __post_init__(self) -> None:
         if (self.data is None) == (self.rawlength is None):
             raise ValueError("PEER_REPLY_CHUNK needs exactly one of `data` and `rawlength`")
+
+
+class PeerBusy(Message, tag="PEER_BUSY"):
+    """Extension (upload slots): the answer, in place of PEER_REPLY_CHUNK, to a request carrying
+    `busyok` that the holder will not serve now (every upload slot and the line behind them are taken).
+    Ask again after `retryafter` seconds, or ask another holder meanwhile."""
+
+    filename: str
+    chunknum: ChunkNumber
+    retryafter: RetryAfter
 
 
 class PeerPingPong(Message, tag="PEER_PING_PONG"):
@@ -343,6 +359,7 @@ AnyMessage = (
     | RequestChunkRegister
     | PeerRequestChunk
     | PeerReplyChunk
+    | PeerBusy
     | PeerPingPong
     | Error
     | AuthChallenge

@@ -103,10 +103,31 @@ def test_the_retry_delay_grows_with_the_line_and_follows_the_measured_rate() -> 
     assert short == 0.25  # 0.5 s a chunk per slot, one turn in two slots
 
 
-def test_the_uplink_meter_counts_the_replies_sharing_the_uplink() -> None:
+def test_the_uplink_meter_measures_spans_when_the_uplink_always_had_something_to_send() -> None:
     meter = UplinkMeter()
-    assert meter.reply(MiB, 1.0, sharing=4) == 4 * MiB  # a quarter of the uplink carried 1 MiB in 1 s
-    assert meter.reply(MiB, 0.25, sharing=1) == 4 * MiB
+    meter.busy(0.0)
+    assert meter.sent(2 * MiB, 0.5) is None  # (a span shorter than INTERVAL gives no figure)
+    assert meter.sent(2 * MiB, 1.0) == 4 * MiB  # 4 MiB in the 1 s span
+    meter.busy(1.2)  # (a span is running: a new reply does not restart it)
+    assert meter.sent(8 * MiB, 2.0) == (1 - UplinkMeter.ALPHA) * 4 * MiB + UplinkMeter.ALPHA * 8 * MiB
+    meter.idle()  # nothing to send for a while: the uplink was not the limit, that time is not counted
+    assert meter.sent(MiB, 9.0) is None
+    meter.busy(10.0)
+    assert meter.sent(MiB, 10.5) is None
+    assert meter.rate == (1 - UplinkMeter.ALPHA) * 4 * MiB + UplinkMeter.ALPHA * 8 * MiB
+
+
+def test_a_request_that_cannot_be_refused_waits_in_line_however_long_it_is() -> None:
+    slots: UploadSlots[str] = UploadSlots(slots=1, queue_limit=1)
+    assert slots.admit("a", 0.0) == SEND
+    assert slots.admit("b", 0.0) == QUEUED
+    assert isinstance(slots.admit("c", 0.0), Busy)
+    assert slots.admit("d", 0.0, refuse=False) == QUEUED  # (a seed downloader knows no busy reply)
+    assert slots.waiting() == 2
+    assert slots.sent("a", 0.1, more=False) == []  # (a's grant of 2 is not used up)
+    assert slots.sent("a", 0.2, more=False) == ["b"]
+    slots.start("b")
+    assert slots.close("b") == ["d"]
 
 
 def test_a_tiny_simulated_swarm_with_upload_slots_completes() -> None:
