@@ -137,7 +137,11 @@ class UploadSlots(Generic[C]):
             return SEND
         if conn in self._waiting:
             return QUEUED
-        self.expire(now)  # (an idle slot may be free for it now)
+        if not self._waiting:
+            # (an idle slot beyond a shrunk count may be free for it now; with connections waiting, the
+            # slots freed go to them, and only the caller's `expire` at next_expiry may hand them over,
+            # since whoever gets one must be told to start)
+            self.expire(now)
         if len(self._held) < self.slots and not self._waiting:
             self._grant(conn).sending += 1
             return SEND

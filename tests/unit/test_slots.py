@@ -144,3 +144,16 @@ def test_a_tiny_simulated_swarm_with_upload_slots_completes() -> None:
     assert all(d.picker.complete and len(d.have) == config.chunk_count for d in swarm.downloaders)
     assert sum(p.busy_replies for p in swarm.peers) > 0  # the slots were in play
     assert result.makespan >= config.bound
+
+
+def test_a_slot_freed_for_a_waiting_connection_is_handed_over_by_expire_not_lost_in_admit() -> None:
+    # (a request admitted while a slot had expired once promoted the waiting connection silently: it held
+    # a slot nobody told it about, and its parked request never started)
+    slots: UploadSlots[str] = UploadSlots(slots=1, queue_limit=2, idle_grace=0.25)
+    assert slots.admit("a", 0.0) == SEND
+    assert slots.sent("a", 0.1, more=False) == []  # a holds its slot, idle from 0.1
+    assert slots.admit("b", 0.2) == QUEUED
+    assert slots.admit("c", 1.0) == QUEUED  # a's slot expired at 0.35: it goes to b, first in line
+    assert slots.expire(1.0) == ["b"]
+    slots.start("b")
+    assert slots.holds_slot("b") and not slots.holds_slot("a")
