@@ -12,7 +12,7 @@ time is when its DEST appears (p2pfs renames DEST.part only after verifying ever
 
 - homogeneous: every uplink 100 Mbit/s; again without upload slots (P2PFS_UPLOAD_SLOTS=0, the chunk
   server before issue 12); then libtorrent 2.1.1 (bench/lt_netns.py) the same way;
-- two slow uplinks: d7 and d8 at 10 Mbit/s;
+- two slow uplinks: d7 and d8 at 10 Mbit/s; again without upload slots;
 - slow holder: d1 waits SLOW_DELAY s before each chunk reply (P2PFS_TEST_DELAY).
 
 Reported: makespan and mean completion time, and their ratio to the Kumar–Ross bound
@@ -155,6 +155,13 @@ def cases() -> list[Case]:
             f"1+{DOWNLOADERS}, {' and '.join(SLOW_LINKS)} on {SLOW_LINK_RATE:g} Mbit/s",
             "p2pfs",
             mixed,
+        ),
+        Case(
+            "slow-links-no-slots",
+            f"1+{DOWNLOADERS}, {' and '.join(SLOW_LINKS)} on {SLOW_LINK_RATE:g} Mbit/s, no upload slots",
+            "p2pfs",
+            mixed,
+            {h: {"P2PFS_UPLOAD_SLOTS": "0"} for h in ["seeder", *downloaders]},
         ),
         Case(
             "slow-holder",
@@ -729,7 +736,7 @@ def rows_for(
         ratio = median(r.makespan for r in p2pfs_homogeneous) / median(r.makespan for r in results)
         rows[0].note += f"; p2pfs ÷ libtorrent makespan {ratio:.2f}"
     rows += upload_rows(case, results, size)
-    if case.key == "slow-links":
+    if case.key.startswith("slow-links"):
         rows += completion_rows(case, results, SLOW_LINKS)
         rows += holder_share_rows(case, results, SLOW_LINKS, f"{SLOW_LINK_RATE:g} Mbit/s uplink")
     if case.key == "slow-holder":
