@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -316,7 +315,6 @@ class Download:
         self._stream_ready = False
         #: a look at the candidates after PEER_BUSY replies, at most one per REFRESH_INTERVAL_MIN
         self._busy_rebalance: asyncio.TimerHandle | None = None
-        self._rng = random.Random()
 
     async def locate(self) -> tuple[m.ReplyFileLocation, int, int, int]:
         """Ask the tracker where the file is (and to push news of it): (reply, filesize, chunk count,
@@ -717,7 +715,7 @@ class Download:
         picker = self._picker
         free = MAX_HOLDERS - len(self._holders) - len(self._connecting)
         idle = [address for address in self._holders if picker.needed(address) == 0]
-        # a holder that said busy may give its connection to a candidate that might not be
+        # a holder that said busy (and waits for its retry) may give its connection to a candidate
         now = time.monotonic()
         idle += [
             a for a, h in self._holders.items() if h.busy_until > now and not h.outstanding and a not in idle
@@ -911,7 +909,7 @@ class Download:
             raise PeerUnavailable(f"answered only PEER_BUSY for {now - holder.busy_since:.0f} s")
         self._picker.cancelled(chunk, holder.address)
         if holder.busy_until <= now:
-            holder.busy_until = now + reply.retryafter * (1 + (RETRY_JITTER - 1) * self._rng.random())
+            holder.busy_until = now + reply.retryafter * (1 + (RETRY_JITTER - 1) * self._picker.rng.random())
         if self._busy_rebalance is None and self._hopeful:
             # (coalesced: one look at the candidates per REFRESH_INTERVAL_MIN, not one per busy reply)
             self._busy_rebalance = asyncio.get_running_loop().call_later(
