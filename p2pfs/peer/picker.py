@@ -92,6 +92,10 @@ class Picker(Generic[H]):
         self._buckets: dict[int, IndexedSet] = {0: IndexedSet(self.have.complement().numbers())}
         #: missing chunks somebody waits for now (a read of a mount): picked before any other
         self._urgent: set[int] = set()
+        #: holders whose last pick found nothing unrequested: their next pick returns None at once until
+        #: one of their chunks is pickable again (back from flight, wanted again, newly announced). A
+        #: downloader asks its idle holders again after every event, and most of those picks fail.
+        self._nothing: set[H] = set()
 
     # -- state queries ------------------------------------------------------------------------
     @property
@@ -182,6 +186,7 @@ class Picker(Generic[H]):
             for chunk in gained:
                 self._set_availability(chunk, availability[chunk] + 1)
         self._needed[holder] += needed
+        self._nothing.discard(holder)
 
     def _shift_all(self, step: int) -> bool:
         """A seeder joins (+1) or leaves (-1): if every pickable chunk has the same availability, move
@@ -190,6 +195,7 @@ class Picker(Generic[H]):
         if len(filled) > 1 or (filled and filled[0] + step < 0):
             return False
         self._availability = [a + step for a in self._availability]
+        self._nothing.clear()
         if filled:
             avail = filled[0]
             moved = self._buckets.pop(avail)
@@ -202,6 +208,7 @@ class Picker(Generic[H]):
         """A holder is gone; its in-flight chunks return to the pool (and are returned)."""
         held = self._holders.pop(holder, None)
         self._needed.pop(holder, None)
+        self._nothing.discard(holder)
         if held is not None and not (len(held) == self.chunk_count and self._shift_all(-1)):
             availability = self._availability
             for chunk in held:
@@ -224,6 +231,7 @@ class Picker(Generic[H]):
             if self.have.discard(chunk):
                 added.append(chunk)
                 self._bucket(self._availability[chunk]).add(chunk)
+                self._pickable_again(chunk)
                 if self._availability[chunk]:
                     for holder, held in self._holders.items():
                         if chunk in held:
@@ -266,6 +274,8 @@ class Picker(Generic[H]):
                     self._bucket(self._availability[first]).discard(first)
                     self._requested[first] = {holder}
                     return first
+        if holder in self._nothing and self._unrequested_left():
+            return None  # (nothing it has became pickable since its last pick found nothing)
         unrequested = sorted(a for a, b in self._buckets.items() if a > 0 and len(b))
         for avail in unrequested:
             chunk = self._choose(self._buckets[avail], held, held_count)
@@ -274,8 +284,19 @@ class Picker(Generic[H]):
                 self._requested[chunk] = {holder}
                 return chunk
         if unrequested:
+            self._nothing.add(holder)
             return None  # other holders have chunks nobody fetches yet: not the end game, no duplicates
         return self._end_game(holder, held)
+
+    def _pickable_again(self, chunk: int) -> None:
+        """`chunk` is pickable again: the holders that have it may be given something now."""
+        if self._nothing:
+            holders = self._holders
+            self._nothing = {h for h in self._nothing if chunk not in holders[h]}
+
+    def _unrequested_left(self) -> bool:
+        """Some live holder has a missing chunk nobody fetches yet (so this is not the end game)."""
+        return any(avail > 0 and len(bucket) for avail, bucket in self._buckets.items())
 
     def _choose(self, bucket: IndexedSet, held: ChunkSet, held_count: int) -> int | None:
         if held_count >= self.chunk_count:  # a seeder: any chunk of the bucket
@@ -344,6 +365,7 @@ class Picker(Generic[H]):
             del self._requested[chunk]
             if chunk not in self.have:
                 self._bucket(self._availability[chunk]).add(chunk)
+                self._pickable_again(chunk)
 
     def _set_availability(self, chunk: int, value: int) -> None:
         old = self._availability[chunk]
@@ -352,6 +374,8 @@ class Picker(Generic[H]):
             return
         self._bucket(old).discard(chunk)
         self._bucket(value).add(chunk)
+        if old == 0 and value > 0:
+            self._pickable_again(chunk)
 
     def _bucket(self, avail: int) -> IndexedSet:
         bucket = self._buckets.get(avail)

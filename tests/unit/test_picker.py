@@ -193,6 +193,27 @@ def test_end_game_requesters_are_capped() -> None:
     assert len(p.in_flight()[0]) == MAX_REQUESTS_PER_CHUNK
 
 
+def test_a_holder_with_nothing_to_give_is_given_what_becomes_pickable() -> None:
+    """A failed pick is remembered, and forgotten as soon as a chunk of that holder is pickable again:
+    given back by another holder, newly announced by it, or wanted again."""
+    p = picker(4, {"A": [0], "B": [0], "C": [3]})
+    assert p.pick("A") == 0
+    assert p.pick("B") is None  # its only chunk is in flight from A; C's chunk 3 is unrequested
+    assert p.pick("B") is None
+    p.cancelled(0, "A")  # given back
+    assert p.pick("B") == 0
+    assert p.pick("A") is None
+    p.add_holder("A", [3])  # announced
+    assert p.pick("A") == 3
+    q = Picker(4, have=[1], rng=random.Random(1))
+    q.add_holder("A", [0, 1])
+    q.add_holder("C", [2])
+    assert q.pick("A") == 0
+    assert q.pick("A") is None  # chunk 1 is had; C's chunk 2 is unrequested
+    q.want([1])  # (a mount's read asks for it again)
+    assert q.pick("A") == 1
+
+
 def test_completed_is_false_for_a_duplicate() -> None:
     p = picker(1, {"A": [0], "B": [0]})
     assert p.pick("A") == 0
@@ -353,6 +374,8 @@ def test_picking_invariants(
         if action == "pick":
             chunk = p.pick(holder)
             if chunk is None:
+                # nothing it has is both missing and unrequested (the memo of failed picks never hides one)
+                assert all(c in p.have or c in before for c in held.get(holder, set()))
                 continue
             assert chunk in held.get(holder, set())
             assert chunk not in p.have and chunk not in have
