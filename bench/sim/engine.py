@@ -175,3 +175,19 @@ def kumar_ross(size: float, seeder_uplink: float, uplinks: Sequence[float], min_
     if min_downlink is not None:
         bound = max(bound, size / min_downlink)
     return bound
+
+
+def chunked_floor(
+    size: float, chunk_size: float, seeder_uplink: float, uplinks: Sequence[float], efficiency: float = 1.0
+) -> float:
+    """The least time when a chunk is forwarded only once whole, and only `efficiency` of a link's rate is
+    payload. With every uplink equal to the seeder's (u), Mundinger, Weber & Weiss (2008) give the optimal
+    makespan: (C + floor(log2 N)) chunk times for C chunks and N downloaders, one chunk time c/u (the
+    log term: the last chunk to leave the seeder still has to double to N holders). For uneven uplinks,
+    the fluid bound over `efficiency` (a lower bound, not the optimum)."""
+    n = len(uplinks)
+    fluid = kumar_ross(size, seeder_uplink, uplinks) / efficiency
+    if n == 0 or any(u != seeder_uplink for u in uplinks):
+        return fluid
+    tail = math.floor(math.log2(n)) if n > 1 else 0
+    return max(fluid, (size + tail * chunk_size) / (seeder_uplink * efficiency))

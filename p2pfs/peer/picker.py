@@ -3,10 +3,10 @@
 Policy (libtorrent's, simplified):
 - rarest first: among the chunks a holder can give that nobody is fetching yet, take one with the fewest
   live holders; ties are broken at random, so downloaders of one swarm fetch different chunks;
-- end game: once every chunk any holder can give is requested (only chunks in flight are missing), an
-  idle holder may duplicate a chunk already in flight from another holder (at most
-  MAX_REQUESTS_PER_CHUNK in total) so a slow holder cannot hold the last chunks hostage; the first copy
-  to arrive wins. Before that, a holder with nothing unrequested to give stays idle: duplicates in mid
+- end game: once every missing chunk is requested (only chunks in flight are missing), a holder with
+  nothing in flight may duplicate one chunk in flight from another holder (at most
+  MAX_REQUESTS_PER_CHUNK in total, one copy at a time per holder: libtorrent's strict end game) so a
+  slow holder cannot hold the last chunks hostage; the first copy to arrive wins. Before that, a holder with nothing unrequested to give stays idle: duplicates in mid
   download would spend upload capacity the swarm needs (a quarter of it, measured in `make swarm`);
 - a holder that fails a chunk (error, wrong digest) is no longer counted as having it.
 
@@ -314,10 +314,18 @@ class Picker(Generic[H]):
         return self.rng.choice(sorted(candidates))
 
     def _end_game(self, holder: H, held: ChunkSet) -> int | None:
+        """A second request for a chunk in flight elsewhere, fewest requesters first, as libtorrent's
+        strict end game: only once no missing chunk is left unrequested (none that no connected holder
+        has either: a holder found for it later would otherwise find every one busy with copies), and
+        only to a holder with nothing else in flight (one copy at a time, not a window of them)."""
+        if len(self._buckets[0]):
+            return None
         best: int | None = None
         best_count = MAX_REQUESTS_PER_CHUNK
         for chunk, requesters in self._requested.items():
-            if holder not in requesters and chunk in held and len(requesters) < best_count:
+            if holder in requesters:
+                return None
+            if chunk in held and len(requesters) < best_count:
                 best, best_count = chunk, len(requesters)
         if best is not None:
             self._requested[best].add(holder)

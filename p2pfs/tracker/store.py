@@ -428,7 +428,7 @@ class RedisStore(Store):
         finally:
             self._healthy = False
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # untyped before redis 8
 
     # -- the hooks: queue writes and events -----------------------------------------------------------------
     def _queue(self, op: Op | None, event: Event | None) -> None:
