@@ -18,12 +18,12 @@ from typing import Any
 
 import msgspec
 
-from bench.sim.engine import Event, Link, Simulator, kumar_ross
+from bench.sim.engine import Event, Link, Simulator, chunked_floor, kumar_ross
 from p2pfs.chunkset import ChunkSet
 from p2pfs.peer import transfer
 from p2pfs.peer.picker import Candidate, Picker, choose_holders
 from p2pfs.peer.slots import Busy, Send, UploadSlots
-from p2pfs.peer.superseed import SuperSeeder
+from p2pfs.peer.superseed import HOLD_OFF_RETRY, SuperSeeder
 from p2pfs.peer.window import ThroughputMeter, initial_window, request_window
 from p2pfs.protocol import framing
 from p2pfs.protocol import messages as m
@@ -99,9 +99,14 @@ class Policy:
     #: cancels it at the picker, asks its other holders meanwhile, and asks this one again after
     #: `retry_after` (False: every requester is sent to at once, as before issue 12)
     slots: bool = True
+    #: the publisher watches its file and holds off a requester whose new chunks are at no other holder
+    #: yet (SuperSeeder.watch/seen, BEP 16's rule); False: it hands out new chunks to whoever asks
+    bep16: bool = True
 
     def describe(self) -> str:
         changes = []
+        if not self.bep16 and self.super_seed:
+            changes.append("no BEP 16 hold-off")
         if not self.super_seed:
             changes.append("no super-seeding")
         if self.free_tracker:
@@ -146,6 +151,11 @@ class SwarmConfig:
     def bound(self) -> float:
         return kumar_ross(self.size, self.seeder_uplink, self.uplinks)
 
+    @property
+    def floor(self) -> float:
+        """The least makespan with whole chunks forwarded and headers paid (engine.chunked_floor)."""
+        return chunked_floor(self.size, self.chunk_size, self.seeder_uplink, self.uplinks, self.efficiency)
+
 
 @dataclass
 class SwarmResult:
@@ -186,6 +196,11 @@ class SwarmResult:
     @property
     def ratio(self) -> float:
         return self.makespan / self.bound
+
+    @property
+    def floor_ratio(self) -> float:
+        """The chunked floor over the Kumar-Ross bound: the least ratio any scheme could reach."""
+        return self.config.floor / self.bound
 
     @property
     def tracker_rate(self) -> float:
@@ -312,13 +327,38 @@ class ServeConn:
         seeder = holder.super_seeder
         if seeder is not None:
             if substitute:
-                send = seeder.choose(NAME, swarm.chunk_count, asked, self.ident)
+                chosen = seeder.choose(NAME, swarm.chunk_count, asked, self.ident, swarm.sim.now)
+                if chosen is None:
+                    self._hold_off(asked)
+                    return
+                send = chosen
             else:
-                seeder.sent(NAME, swarm.chunk_count, asked, self.ident)
+                seeder.sent(NAME, swarm.chunk_count, asked, self.ident, swarm.sim.now)
         if send not in holder.have:
             raise SimError(f"peer {holder.number} was asked for chunk {send}, which it does not hold")
         self.current = (asked, send)
         self.flow = holder.link.send(swarm.chunk_length(send) + REPLY_HEADER_BYTES, self._sent)
+
+    def _hold_off(self, asked: int) -> None:
+        """The super-seeder said hold off (BEP 16): a busy reply, as chunk_server sends from inside the
+        slot, which goes on to the next request or connection."""
+        holder = self.holder
+        holder.busy_replies += 1
+        self._deliver(self.downloader.on_busy, self, asked, HOLD_OFF_RETRY)
+        now = holder.swarm.sim.now
+        if holder.slots is not None:
+            holder.started(holder.slots.sent(self, now, more=bool(self.queue)))
+            if self.queue and self.flow is None and not self.parked:
+                self._admit()
+            return
+        if holder.swarm.policy.upload_slots is not None:
+            holder.stop_sending()
+            if self.queue and self.flow is None:
+                self.parked = True
+                holder.waiting.append(self)
+            return
+        if self.queue:
+            self.send_next()
 
     def _admit(self) -> None:
         """Policy.slots: answer the requests at the front as UploadSlots.admit says (a busy reply each
@@ -371,6 +411,8 @@ class ServeConn:
     def close(self) -> None:
         self.live = False
         self.queue.clear()
+        if self.holder.super_seeder is not None:
+            self.holder.super_seeder.closed(self.ident)
         if self.holder.slots is not None:
             if self.flow is not None:
                 self.flow.link.cancel(self.flow)
@@ -539,7 +581,11 @@ class Downloader(Peer):
         if self.swarm.policy.slots:
             # a holder that said busy may give its connection to a candidate that might not be
             now = self.swarm.sim.now
-            idle += [n for n, h in self.holders.items() if h.busy_until > now and not h.outstanding and n not in idle]
+            idle += [
+                n
+                for n, h in self.holders.items()
+                if h.busy_until > now and not h.outstanding and n not in idle and n not in self.publishers
+            ]
         if free <= 0 and not idle:
             return
         coverage = picker.coverage().union_of(self.known[a] for a in self.connecting if a in self.known)
@@ -727,6 +773,9 @@ class Tracker:
         self.holders: dict[int, ChunkSet] = {}
         self.publishers: set[int] = set()
         self.watchers: set[Downloader] = set()
+        #: the publisher, watching its own file (Policy.bep16): it hears every update, and is never
+        #: dropped as complete
+        self.publisher_watching: Peer | None = None
         self._news: dict[int, ChunkSet] = {}
         self._push: Event | None = None
         self._busy_until = 0.0
@@ -784,7 +833,7 @@ class Tracker:
         if not chunks.add(chunk):
             return
         self._dirty.add(number)
-        if not self.watchers:
+        if not self.watchers and self.publisher_watching is None:
             return
         news = self._news.get(number)
         if news is None:
@@ -802,15 +851,22 @@ class Tracker:
             if len(self.holders.get(watcher.number, ())) == complete:
                 self.watchers.discard(watcher)  # a seeder now: nothing left to hear
         recipients = list(self.watchers)
-        if not news or not recipients:
+        publisher = self.publisher_watching
+        count = len(recipients) + (publisher is not None)
+        if not news or not count:
             return
         size = UPDATE_BYTES + sum(_entry_bytes(chunks) for chunks in news.values())
-        cost = TRACKER_BYTE_SECONDS * size + TRACKER_SEND_SECONDS * len(recipients)
-        self._work(cost, self._send, size, len(recipients), self._deliver, recipients, news)
+        cost = TRACKER_BYTE_SECONDS * size + TRACKER_SEND_SECONDS * count
+        self._work(cost, self._send, size, count, self._deliver, recipients, publisher, news)
 
-    def _deliver(self, recipients: list[Downloader], news: dict[int, ChunkSet]) -> None:
+    def _deliver(self, recipients: list[Downloader], publisher: Peer | None, news: dict[int, ChunkSet]) -> None:
         for watcher in recipients:
             watcher.on_update(news)
+        seeder = publisher.super_seeder if publisher is not None else None
+        if seeder is not None:
+            for number, chunks in news.items():
+                if number not in self.publishers:
+                    seeder.seen(NAME, self.swarm.chunk_count, number, chunks.numbers())
 
     def _send(self, size: int, count: int, fn: Callable[..., None], *args: Any) -> None:
         """`count` copies of a `size`-byte frame leave on the tracker's uplink; `fn(*args)` when they arrive."""
@@ -854,9 +910,13 @@ class Swarm:
         self.seeder = Peer(self, 0, seeder_link, full=True)
         if self.policy.super_seed:
             self.seeder.super_seeder = SuperSeeder(random.Random(rng.random()))
+            if self.policy.bep16:
+                self.seeder.super_seeder.watch(NAME)
         tracker_link = seeder_link if config.tracker_on_seeder else Link(self.sim, config.tracker_uplink * eff, "tracker")
         self.tracker = Tracker(self, tracker_link, self.policy.free_tracker)
         self.tracker.publish(self.seeder)
+        if self.policy.super_seed and self.policy.bep16:
+            self.tracker.publisher_watching = self.seeder
         self.downloaders = [
             Downloader(self, i + 1, Link(self.sim, rate * eff, f"d{i + 1}"), random.Random(rng.random()))
             for i, rate in enumerate(config.uplinks)

@@ -25,7 +25,7 @@ from p2pfs.net import Connection, env_seconds
 from p2pfs.observe.stats import TransferStats
 from p2pfs.peer.slots import Busy, Queued, UplinkMeter, UploadSlots
 from p2pfs.peer.storage import ChunkFile, StorageError
-from p2pfs.peer.superseed import SuperSeeder
+from p2pfs.peer.superseed import HOLD_OFF_RETRY, SuperSeeder
 from p2pfs.protocol import messages as m
 from p2pfs.protocol.limits import MAX_CHUNK_SERVER_FRAME
 from p2pfs.ratelimit import RateLimit
@@ -99,7 +99,9 @@ class ChunkServer(FrameServer):
         return IDLE_TIMEOUT
 
     def on_close(self, conn: Connection) -> None:
-        self._connection_id.pop(conn, None)
+        connection_id = self._connection_id.pop(conn, None)
+        if connection_id is not None and self.super_seeder is not None:
+            self.super_seeder.closed(connection_id)
         self._parked.pop(conn, None)
         if self.slots is not None:
             self._promote(self.slots.close(conn))
@@ -207,10 +209,19 @@ class ChunkServer(FrameServer):
         shared = self.library.get(request.filename)
         chunk = request.chunknum
         if self.super_seeder is not None and shared is not None and shared.origin:
+            now = time.monotonic()
             if request.substitute:
-                chunk = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id)
+                chosen = self.super_seeder.choose(shared.name, shared.chunk_count, chunk, connection_id, now)
+                if chosen is None and request.busyok:  # (BEP 16: what it was given is at no other holder yet)
+                    self.transfers.busy_replies += 1
+                    conn.send(m.PeerBusy(filename=request.filename, chunknum=chunk, retryafter=HOLD_OFF_RETRY))
+                    return False
+                if chosen is None:  # (it cannot be told busy: answered as asked)
+                    self.super_seeder.sent(shared.name, shared.chunk_count, chunk, connection_id, now)
+                else:
+                    chunk = chosen
             else:
-                self.super_seeder.sent(shared.name, shared.chunk_count, chunk, connection_id)
+                self.super_seeder.sent(shared.name, shared.chunk_count, chunk, connection_id, now)
         reply = self._chunk_reply(shared, request.filename, chunk)
         if isinstance(reply, m.Error):
             conn.send(reply)

@@ -168,6 +168,40 @@ class Peer:
             shared.chunk_hashes(),
             shared.collection if isinstance(shared, CollectionStore) else None,
         )
+        await self._watch_holders(shared)
+
+    async def _watch_holders(self, shared: ChunkFile) -> None:
+        """As the origin of `shared`, hear from the tracker which holders have its chunks, so the
+        super-seeder can hold off a downloader whose chunks reach no other holder (SuperSeeder.seen, BEP
+        16's rule). The rule starts with the first pushed update: a tracker that does not push (or does
+        not watch one more file for this connection) leaves super-seeding as it was."""
+        seeder = self.server.super_seeder
+        if seeder is None or not shared.origin:
+            return
+        name, chunk_count = shared.name, shared.chunk_count
+        publishers: set[str] = set()
+
+        def on_update(update: m.ReplyFileLocation) -> None:
+            if self.library.get(name) is not shared:
+                self.tracker.unwatch(name)  # (unpublished, or published again: that one watches)
+                return
+            if update.update:
+                seeder.watch(name)
+            publishers.update(update.publishers or ())
+            me = str(self.self_address)
+            for holder, runs in update.holder_runs().items():
+                if holder != me and holder not in publishers:
+                    chunks = (c for first, end in runs for c in range(max(0, first), min(end, chunk_count)))
+                    seeder.seen(name, chunk_count, holder, chunks)
+
+        digests = shared.chunk_hashes()
+        known = hashes.content_id(digests) if digests else None  # (so the reply leaves the hashes out)
+        self.tracker.watch(name, on_update)
+        try:
+            on_update(await self.tracker.locations(name, watch=True, known_content_id=known))
+        except (TrackerError, TrackerUnavailable, FileNotPublished) as exc:  # (a seed-only tracker: no watch)
+            self.tracker.unwatch(name)
+            log.info("not watching the holders of %s: %s", name, exc)
 
     async def publish(
         self,

@@ -715,10 +715,13 @@ class Download:
         picker = self._picker
         free = MAX_HOLDERS - len(self._holders) - len(self._connecting)
         idle = [address for address in self._holders if picker.needed(address) == 0]
-        # a holder that said busy (and waits for its retry) may give its connection to a candidate
+        # a holder that said busy (and waits for its retry) may give its connection to a candidate; not a
+        # publisher: it holds chunks nobody else has, and holds a downloader off to spread them (BEP 16)
         now = time.monotonic()
         idle += [
-            a for a, h in self._holders.items() if h.busy_until > now and not h.outstanding and a not in idle
+            a
+            for a, h in self._holders.items()
+            if h.busy_until > now and not h.outstanding and a not in idle and a not in self._publishers
         ]
         if free <= 0 and not idle:
             return

@@ -308,9 +308,9 @@ class TrackerServer(FrameServer):
         for conn in list(watchers):
             address = self._address_of.get(conn)
             held = record.holders.get(address) if address is not None else None
-            if held is not None and len(held) == record.chunk_count:
-                self._unwatch(conn, name)  # a seeder of the file now: nothing left to hear
-                continue
+            if held is not None and len(held) == record.chunk_count and address not in record.publishers:
+                self._unwatch(conn, name)  # a seeder of the file now: nothing left to hear (a publisher
+                continue  # watching its own file hears who else holds its chunks: BEP 16's rule)
             if conn.transport.get_write_buffer_size() > PUSH_BACKLOG_LIMIT:
                 continue
             with contextlib.suppress(ConnectionClosed):
