@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bench.sim import timeline
 from bench.sim.swarm import Policy, SimError, SwarmConfig, SwarmResult, simulate
 from p2pfs.peer.window import MAX_WINDOW
 from p2pfs.protocol.limits import DEFAULT_CHUNK_SIZE
@@ -293,8 +294,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--blame-max-n", type=int, default=100, help="run variants for cases up to this N (default 100)")
     parser.add_argument("--no-record", dest="record", action="store_false", help="do not append to RESULTS.md")
     parser.add_argument("--no-slots", action="store_true", help="with --n: without upload slots only")
+    parser.add_argument("--timeline", action="store_true", help="with --n: utilisation per second and the spread of the last chunks (bench/sim/timeline.py)")
     parser.add_argument("--no-compare", dest="compare", action="store_false", help="no rows without upload slots")
     args = parser.parse_args(argv)
+    if args.timeline and args.n is None:
+        parser.error("--timeline needs --n")
     if args.n is not None and args.n < 1:
         parser.error("--n must be at least 1")
     if args.chunk_size < 1 or args.size < 1:
@@ -311,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = [Case(title, cfg, runs=1)]
         if args.no_slots:
             cases = [without_slots(cases[0])]
+        if args.timeline:
+            result, lines = timeline.run(cases[0].config)
+            print(f"{title}: {result.makespan:.2f} s = {result.ratio:.2f}x the bound")
+            print("\n".join(lines))
+            return 0
     else:
         runs = 1 if args.quick else args.runs
         cases = []
