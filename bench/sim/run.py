@@ -46,6 +46,7 @@ VARIANTS = (
     Policy(free_tracker=True),
     Policy(fixed_window=MAX_WINDOW),
     Policy(global_rarest=True),
+    Policy(serial_uplink="fifo"),
 )
 
 

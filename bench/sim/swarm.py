@@ -102,6 +102,9 @@ class Policy:
     #: the publisher watches its file and holds off a requester whose new chunks are at no other holder
     #: yet (SuperSeeder.watch/seen, BEP 16's rule); False: it hands out new chunks to whoever asks
     bep16: bool = True
+    #: a holder's uplink sends one reply at a time at its full rate, the admitted others in line behind
+    #: it ("fifo", or "rarest": the reply whose chunk the fewest hold goes first); None: all at once
+    serial_uplink: str | None = None
 
     def describe(self) -> str:
         changes = []
@@ -117,6 +120,8 @@ class Policy:
             changes.append("globally rarest")
         if self.upload_slots is not None:
             changes.append(f"{self.upload_slots} upload slots")
+        if self.serial_uplink is not None:
+            changes.append(f"one reply at a time ({self.serial_uplink})")
         if not self.slots and self.upload_slots is None:
             changes.append("no upload slots")
         return ", ".join(changes) or "as built"
@@ -213,6 +218,10 @@ class SwarmResult:
 
 
 # -- peers ------------------------------------------------------------------------------------------
+#: ServeConn.flow of a reply waiting for the uplink (Policy.serial_uplink)
+_IN_LINE = object()
+
+
 class Peer:
     """A host's chunk server: the chunks it holds, and one ServeConn per downloader connected to it."""
 
@@ -235,6 +244,42 @@ class Peer:
             self.slots.measured(link.capacity)
         self._expiry: Event | None = None
         self.busy_replies = 0
+        #: Policy.serial_uplink: the reply on the uplink now, and those admitted behind it
+        self.on_uplink: ServeConn | None = None
+        self.uplink_line: list[tuple[ServeConn, int]] = []
+
+    def transmit(self, conn: ServeConn, nbytes: int) -> Any:
+        """Start `conn`'s reply of `nbytes` on the uplink (Policy.serial_uplink: or put it in line)."""
+        if self.swarm.policy.serial_uplink is None:
+            return self.link.send(nbytes, conn._sent)
+        if self.on_uplink is None:
+            self.on_uplink = conn
+            return self.link.send(nbytes, conn._sent)
+        self.uplink_line.append((conn, nbytes))
+        return _IN_LINE
+
+    def transmitted(self, conn: ServeConn) -> None:
+        """`conn`'s reply left (or was dropped): the next in line goes on the uplink."""
+        if self.swarm.policy.serial_uplink is None:
+            return
+        if self.on_uplink is conn:
+            self.on_uplink = None
+        else:
+            self.uplink_line = [(c, n) for c, n in self.uplink_line if c is not conn]
+        if self.on_uplink is not None or not self.uplink_line:
+            return
+        line = self.uplink_line
+        if self.swarm.policy.serial_uplink == "rarest":
+            holders = self.swarm.tracker.holders
+            def copies(item: tuple[ServeConn, int]) -> int:
+                chunk = item[0].current[1]
+                return sum(1 for chunks in holders.values() if chunk in chunks)
+            best = min(range(len(line)), key=lambda i: copies(line[i]))
+        else:
+            best = 0
+        nxt, nbytes = line.pop(best)
+        self.on_uplink = nxt
+        nxt.flow = self.link.send(nbytes, nxt._sent)
 
     def started(self, promoted: list[ServeConn]) -> None:
         """Connections given a slot by UploadSlots.sent/close/expire: their parked request starts."""
@@ -337,7 +382,7 @@ class ServeConn:
         if send not in holder.have:
             raise SimError(f"peer {holder.number} was asked for chunk {send}, which it does not hold")
         self.current = (asked, send)
-        self.flow = holder.link.send(swarm.chunk_length(send) + REPLY_HEADER_BYTES, self._sent)
+        self.flow = holder.transmit(self, swarm.chunk_length(send) + REPLY_HEADER_BYTES)
 
     def _hold_off(self, asked: int) -> None:
         """The super-seeder said hold off (BEP 16): a busy reply, as chunk_server sends from inside the
@@ -390,6 +435,7 @@ class ServeConn:
         self.flow = None
         asked, send = self.current
         holder = self.holder
+        holder.transmitted(self)
         holder.sent_bytes += holder.swarm.chunk_length(send)
         if holder.slots is not None:
             self._deliver(self.downloader.on_reply, self, asked, send)
@@ -414,9 +460,13 @@ class ServeConn:
         if self.holder.super_seeder is not None:
             self.holder.super_seeder.closed(self.ident)
         if self.holder.slots is not None:
-            if self.flow is not None:
+            if self.flow is _IN_LINE:
+                self.flow = None
+                self.holder.transmitted(self)
+            elif self.flow is not None:
                 self.flow.link.cancel(self.flow)
                 self.flow = None
+                self.holder.transmitted(self)
             self.holder.started(self.holder.slots.close(self))
             return
         if self.flow is not None:

@@ -75,7 +75,16 @@ def test_kumar_ross_bound() -> None:
     assert kumar_ross(100.0, 10.0, [10.0] * 8, min_downlink=2.0) == pytest.approx(50.0)
 
 
-@pytest.mark.parametrize("policy", [Policy(), Policy(super_seed=False), Policy(free_tracker=True)])
+@pytest.mark.parametrize(
+    "policy",
+    [
+        Policy(),
+        Policy(super_seed=False),
+        Policy(free_tracker=True),
+        Policy(serial_uplink="fifo"),
+        Policy(serial_uplink="rarest"),
+    ],
+)
 def test_a_tiny_swarm_completes_above_the_bound(policy: Policy) -> None:
     config = SwarmConfig(
         size=6 * MiB + 123,  # (a short last chunk)
@@ -96,3 +105,38 @@ def test_a_tiny_swarm_completes_above_the_bound(policy: Policy) -> None:
     assert result.seeder_sent >= config.size
     swarm.sim.run()
     assert all(len(swarm.tracker.holders[d.number]) == 7 for d in swarm.downloaders)
+
+
+@pytest.mark.parametrize("serial", [None, "fifo", "rarest"])
+def test_a_serial_uplink_sends_one_reply_at_a_time(serial: str | None) -> None:
+    config = SwarmConfig(
+        size=12 * MiB, chunk_size=MiB, seeder_uplink=10 * MiB, uplinks=[10 * MiB] * 4,
+        policy=Policy(serial_uplink=serial),
+    )
+    swarm = Swarm(config)
+    most = {}
+    for peer in swarm.peers:
+        link, active = peer.link, {"now": 0}
+        send, cancel = link.send, link.cancel
+
+        def counted_send(nbytes, done, *, _send=send, _active=active, _number=peer.number):  # type: ignore[no-untyped-def]
+            _active["now"] += 1
+            most[_number] = max(most.get(_number, 0), _active["now"])
+
+            def finished(*args, _done=done):  # type: ignore[no-untyped-def]
+                _active["now"] -= 1
+                return _done(*args)
+
+            return _send(nbytes, finished)
+
+        def counted_cancel(flow, *, _cancel=cancel, _active=active):  # type: ignore[no-untyped-def]
+            _active["now"] -= 1
+            return _cancel(flow)
+
+        link.send, link.cancel = counted_send, counted_cancel
+    result = swarm.run()
+    assert len(result.completions) == 4
+    if serial is None:
+        assert max(most.values()) > 1  # (the seeder sends to several downloaders at once)
+    else:
+        assert max(most.values()) == 1
