@@ -85,7 +85,7 @@ class Outcome:
         moves = ", ".join(f"{p.describe()} {r:.2f}x" for p, r in self.variants)
         if best_ratio < ratio - BLAME_MARGIN:
             return f"blame: {_blamed(best)} ({best.describe()}: {ratio:.2f}x -> {best_ratio:.2f}x; {moves})"
-        return f"no single policy moves it ({moves}): the holders' uplinks are shared by every connection at once"
+        return f"no single policy moves it by more than {BLAME_MARGIN}x ({moves}); see --timeline"
 
 
 def _blamed(policy: Policy) -> str:
