@@ -14,7 +14,8 @@ time is when its DEST appears (p2pfs renames DEST.part only after verifying ever
   server before issue 12); then libtorrent 2.1.1 (bench/lt_netns.py) the same way;
 - the tracker on the seeder's host: every uplink 100 Mbit/s, the tracker's replies and pushed updates
   leave by the seeder's shaped uplink, behind its chunks;
-- two slow uplinks: d7 and d8 at 10 Mbit/s; again without upload slots;
+- two slow uplinks: d7 and d8 at 10 Mbit/s; again without upload slots; again without the publisher's
+  BEP 16 hold-off (P2PFS_HOLD_OFF=0 on the seeder);
 - slow holder: d1 waits SLOW_DELAY s before each chunk reply (P2PFS_TEST_DELAY).
 
 Reported: makespan and mean completion time, and their ratio to the Kumar–Ross bound
@@ -174,6 +175,13 @@ def cases() -> list[Case]:
             "p2pfs",
             mixed,
             {h: {"P2PFS_UPLOAD_SLOTS": "0"} for h in ["seeder", *downloaders]},
+        ),
+        Case(
+            "slow-links-no-hold-off",
+            f"1+{DOWNLOADERS}, {' and '.join(SLOW_LINKS)} on {SLOW_LINK_RATE:g} Mbit/s, no BEP 16 hold-off",
+            "p2pfs",
+            mixed,
+            {"seeder": {"P2PFS_HOLD_OFF": "0"}},
         ),
         Case(
             "slow-holder",

@@ -176,7 +176,8 @@ class Peer:
         16's rule). The rule starts with the first pushed update: a tracker that does not push (or does
         not watch one more file for this connection) leaves super-seeding as it was."""
         seeder = self.server.super_seeder
-        if seeder is None or not shared.origin:
+        # (P2PFS_HOLD_OFF=0: super-seeding without the hold-off, for benchmarks that compare both)
+        if seeder is None or not shared.origin or os.environ.get("P2PFS_HOLD_OFF", "1") == "0":
             return
         name, chunk_count = shared.name, shared.chunk_count
         publishers: set[str] = set()

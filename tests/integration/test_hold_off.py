@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from p2pfs.address import Address
 from p2pfs.peer.node import Peer
 from tests.procs import Proc, make_file
@@ -34,6 +36,7 @@ async def test_the_publisher_watches_its_file_and_both_downloads_complete(
         await publisher.publish(src, chunk_size=CHUNK)
         seeder = publisher.server.super_seeder
         assert seeder is not None
+        assert "f.bin" in publisher.tracker._watchers  # (publish returns once the watch is set up)
         getters = [
             procs("get", "f.bin", str(tmp_path / f"out{i}.bin"), "--tracker", taddr, "--host", "127.0.0.1")
             for i in range(2)
@@ -43,6 +46,37 @@ async def test_the_publisher_watches_its_file_and_both_downloads_complete(
             # the downloaders' registrations reached the complete publisher as pushed updates
             while "f.bin" not in seeder._watched:
                 await asyncio.sleep(0.01)
+    finally:
+        await publisher.stop()
+    assert codes == [0, 0]
+    for i in range(2):
+        assert (tmp_path / f"out{i}.bin").read_bytes() == src.read_bytes()
+
+
+async def test_without_the_hold_off_the_publisher_does_not_watch(
+    tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """P2PFS_HOLD_OFF=0 (benchmarks compare both): super-seeding as before BEP 16's rule, and the
+    downloads still complete."""
+    monkeypatch.setenv("P2PFS_HOLD_OFF", "0")
+    _, taddr = tracker
+    src = make_file(tmp_path / "f.bin", CHUNKS * CHUNK - 100, seed=42)
+    publisher = Peer(host="127.0.0.1")
+    try:
+        await publisher.start()
+        await publisher.connect(Address.parse(taddr))
+        await publisher.publish(src, chunk_size=CHUNK)
+        seeder = publisher.server.super_seeder
+        assert seeder is not None
+        # (publish returns after the watch would have been set up: nothing is waiting to watch)
+        assert "f.bin" not in publisher.tracker._watchers
+        getters = [
+            procs("get", "f.bin", str(tmp_path / f"out{i}.bin"), "--tracker", taddr, "--host", "127.0.0.1")
+            for i in range(2)
+        ]
+        async with asyncio.timeout(HANG_GUARD):
+            codes = [await asyncio.to_thread(g.wait) for g in getters]
+        assert "f.bin" not in seeder._watched and seeder.held_off == 0
     finally:
         await publisher.stop()
     assert codes == [0, 0]
