@@ -16,6 +16,7 @@ import pytest
 
 from p2pfs.address import Address
 from p2pfs.peer.node import Peer
+from p2pfs.peer.superseed import SuperSeeder
 from tests.procs import Proc, make_file
 
 CHUNK = 16 * 1024
@@ -24,11 +25,13 @@ CHUNKS = 64
 HANG_GUARD = 60.0
 
 
-async def test_the_publisher_watches_its_file_and_both_downloads_complete(
-    tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str]
-) -> None:
-    _, taddr = tracker
-    src = make_file(tmp_path / "f.bin", CHUNKS * CHUNK - 100, seed=41)
+async def _two_downloads(
+    tmp_path: Path, procs: Callable[..., Proc], taddr: str, seed: int, watching: bool
+) -> SuperSeeder:
+    """Publish a file in-process, let two `get` processes download it, and check their bytes; the
+    publisher's SuperSeeder. `watching`: whether publish leaves the publisher watching its file (and, if
+    so, the downloaders' registrations must reach it as pushed updates before it stops)."""
+    src = make_file(tmp_path / "f.bin", CHUNKS * CHUNK - 100, seed=seed)
     publisher = Peer(host="127.0.0.1")
     try:
         await publisher.start()
@@ -36,21 +39,30 @@ async def test_the_publisher_watches_its_file_and_both_downloads_complete(
         await publisher.publish(src, chunk_size=CHUNK)
         seeder = publisher.server.super_seeder
         assert seeder is not None
-        assert "f.bin" in publisher.tracker._watchers  # (publish returns once the watch is set up)
+        # (publish returns once the watch is set up, if there is one)
+        assert ("f.bin" in publisher.tracker._watchers) == watching
         getters = [
             procs("get", "f.bin", str(tmp_path / f"out{i}.bin"), "--tracker", taddr, "--host", "127.0.0.1")
             for i in range(2)
         ]
         async with asyncio.timeout(HANG_GUARD):
             codes = [await asyncio.to_thread(g.wait) for g in getters]
-            # the downloaders' registrations reached the complete publisher as pushed updates
-            while "f.bin" not in seeder._watched:
+            while watching and "f.bin" not in seeder._watched:
                 await asyncio.sleep(0.01)
     finally:
         await publisher.stop()
     assert codes == [0, 0]
     for i in range(2):
         assert (tmp_path / f"out{i}.bin").read_bytes() == src.read_bytes()
+    return seeder
+
+
+async def test_the_publisher_watches_its_file_and_both_downloads_complete(
+    tmp_path: Path, procs: Callable[..., Proc], tracker: tuple[Proc, str]
+) -> None:
+    # the downloaders' registrations reached the complete publisher as pushed updates
+    seeder = await _two_downloads(tmp_path, procs, tracker[1], 41, watching=True)
+    assert "f.bin" in seeder._watched
 
 
 async def test_without_the_hold_off_the_publisher_does_not_watch(
@@ -59,26 +71,5 @@ async def test_without_the_hold_off_the_publisher_does_not_watch(
     """P2PFS_HOLD_OFF=0 (benchmarks compare both): super-seeding as before BEP 16's rule, and the
     downloads still complete."""
     monkeypatch.setenv("P2PFS_HOLD_OFF", "0")
-    _, taddr = tracker
-    src = make_file(tmp_path / "f.bin", CHUNKS * CHUNK - 100, seed=42)
-    publisher = Peer(host="127.0.0.1")
-    try:
-        await publisher.start()
-        await publisher.connect(Address.parse(taddr))
-        await publisher.publish(src, chunk_size=CHUNK)
-        seeder = publisher.server.super_seeder
-        assert seeder is not None
-        # (publish returns after the watch would have been set up: nothing is waiting to watch)
-        assert "f.bin" not in publisher.tracker._watchers
-        getters = [
-            procs("get", "f.bin", str(tmp_path / f"out{i}.bin"), "--tracker", taddr, "--host", "127.0.0.1")
-            for i in range(2)
-        ]
-        async with asyncio.timeout(HANG_GUARD):
-            codes = [await asyncio.to_thread(g.wait) for g in getters]
-        assert "f.bin" not in seeder._watched and seeder.held_off == 0
-    finally:
-        await publisher.stop()
-    assert codes == [0, 0]
-    for i in range(2):
-        assert (tmp_path / f"out{i}.bin").read_bytes() == src.read_bytes()
+    seeder = await _two_downloads(tmp_path, procs, tracker[1], 42, watching=False)
+    assert "f.bin" not in seeder._watched and seeder.held_off == 0
