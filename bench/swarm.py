@@ -118,7 +118,10 @@ def run(ctx: Context) -> None:
                     [samples[0]],
                     ratio=samples[0] / later,
                     ratio_of=f"× the later rounds' median {later:.2f} s",
-                    note="on memory the VM had taken back: see the next figure",
+                    # (only a VM whose balloon reports free pages takes memory back: vm_memory)
+                    note="on memory the VM had taken back: see the next figure"
+                    if vm_memory.reported_kib() is not None
+                    else "",
                 )
             )
     # What the first round pays for (bench/first_round.py): its copies land in memory the hypervisor
