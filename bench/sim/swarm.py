@@ -335,7 +335,9 @@ class ServeConn:
     on the holder's uplink (chunk_server drains each reply before it reads the next request, so the
     super-seeder decides when a reply starts, not when its request arrived)."""
 
-    __slots__ = ("current", "downloader", "flow", "holder", "ident", "last_arrival", "live", "parked", "queue")
+    __slots__ = (
+        "current", "downloader", "flow", "holder", "ident", "last_arrival", "last_request", "live", "parked", "queue",
+    )
 
     def __init__(self, holder: Peer, downloader: Downloader, ident: int) -> None:
         self.holder = holder
@@ -349,6 +351,16 @@ class ServeConn:
         self.parked = False
         #: when this connection's latest message reaches the downloader (TCP keeps them in order)
         self.last_arrival = 0.0
+        #: ... and when the downloader's latest request reaches the holder
+        self.last_request = 0.0
+
+    def ask(self, chunk: int, substitute: bool) -> None:
+        """The downloader sends a request: it arrives after the one before it (a request sent while the
+        downloader's uplink is busy waits in the shaper's queue, and one sent after it waits too)."""
+        swarm = self.holder.swarm
+        arrival = max(swarm.sim.now + swarm.delay(self.downloader.link), self.last_request)
+        self.last_request = arrival
+        swarm.sim.at(arrival, self.request, chunk, substitute)
 
     def request(self, chunk: int, substitute: bool) -> None:
         if not self.live:
@@ -710,7 +722,7 @@ class Downloader(Peer):
                 break
             if not outstanding:
                 holder.meter.start(swarm.sim.now)
-            swarm.deliver(self.link, holder.conn.request, chunk, substitute)
+            holder.conn.ask(chunk, substitute)
             outstanding.append((chunk, substitute))
         holder.waiting = not outstanding and not picker.complete
         if holder.waiting:
