@@ -1,6 +1,6 @@
 """What the first round of a swarm pays for (issue 12): the 1→N makespan on loopback right after a
-`share` starts was 1.5-2.5x the later rounds' from the same processes, and libtorrent's first round in
-the same `make bench` was as much slower as p2pfs's. Not part of `make bench`.
+`share` starts was 1.5-3.6x the later rounds' from the same processes, and libtorrent's first round in
+the same `make bench` was slower too (1.4-1.5x). Not part of `make bench`.
 
     .venv/bin/python -m bench.first_round [--downloaders 4] [--size 512M] [--rounds 3]
 

@@ -1,8 +1,9 @@
 """Where a simulated swarm loses time (`python -m bench.sim.run --n N --timeline`): the swarm's delivered
 chunk bytes per second against the capacity of every uplink, and for the chunks that left the publisher
-last, how long each took to double its copies (and so for the first two, the ramp). A wide homogeneous swarm is bound both by the publisher's
-F/u and by all uplinks together (N F / (u + N u)), so every second the uplinks are not all busy, during
-the ramp after the start or the tail in which the last chunks spread, adds to the makespan.
+last (and the first two: the ramp), how long each took to double its copies. A wide homogeneous swarm
+is bound both by the publisher's F/u and by all uplinks together (N F / (u + N u)), so every second
+the uplinks are not all busy, during the ramp after the start or the tail in which the last chunks
+spread, adds to the makespan.
 """
 
 from __future__ import annotations
@@ -33,10 +34,9 @@ def run(config: SwarmConfig) -> tuple[SwarmResult, list[str]]:
     capacity = (config.seeder_uplink + sum(config.uplinks)) * config.efficiency
     per_second: dict[int, float] = defaultdict(float)
     for chunk, stamps in times.items():
+        length = swarm.chunk_length(chunk)
         for stamp in stamps:
-            per_second[int(stamp)] += config.chunk_size if chunk < config.chunk_count - 1 else (
-                config.size - (config.chunk_count - 1) * config.chunk_size
-            )
+            per_second[int(stamp)] += length
     seconds = int(result.makespan) + 1
     lines = [
         "delivered / all uplinks' capacity, per second: "
